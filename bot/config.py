@@ -75,6 +75,19 @@ class Settings(BaseSettings):
         default=None, description="Use an OpenAI-compatible server for generation instead of the local model."
     )
     openai_api_key: str | None = None
+    openai_model: str | None = Field(
+        default=None, description="Base model name on the OpenAI-compatible server; unset: the first one it lists."
+    )
+    generator_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights dtype. 'auto': bfloat16 on CUDA or CPUs with native bf16 (AVX512-BF16/AMX), else float32.",
+    )
+    generator_context_length: int | None = Field(
+        default=None, ge=256, le=1_048_576, description="Prompt + answer token limit; unset: the model's own."
+    )
+    generator_chat_template: str | None = Field(
+        default=None, description="Jinja chat template (or a file holding one) for models that ship none."
+    )
     generation_timeout_s: float = Field(default=120.0, gt=0)
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
@@ -89,6 +102,20 @@ class Settings(BaseSettings):
     search_mode: Literal["dense", "keyword", "hybrid"] = "hybrid"
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
     min_relevance: float = Field(default=0.0, ge=0.0, le=1.0)
+    embedding_quantize: Literal["none", "int8"] = Field(
+        default="int8",
+        description="'int8': dynamic int8 Linear layers for the CPU embedder (faster ingest, see bench_knowledge); "
+        "'none': plain fp32. Ignored on a GPU.",
+    )
+
+    # --- router ------------------------------------------------------------------------------
+    routes_file: Path | None = Field(
+        default=None, description="TOML/YAML routes added to (or replacing) the shipped knowledge/skill routes."
+    )
+    router_min_confidence: float = Field(
+        default=0.6, ge=0.0, le=1.0, description="Below this routing confidence the default route answers."
+    )
+    router_default_route: str = Field(default="knowledge", min_length=1, description="Route used on low confidence.")
 
     # --- serving -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -98,6 +125,17 @@ class Settings(BaseSettings):
     )
     max_message_chars: int = Field(default=8000, ge=1)
     max_upload_mb: int = Field(default=50, ge=1)
+    max_request_kb: int = Field(default=1024, ge=1, description="Largest JSON request body the API accepts.")
+    chat_max_new_tokens: int = Field(
+        default=200, ge=1, le=8192, description="Answer length cap for chat turns (CPU time is the limit)."
+    )
+    trusted_user_header: str | None = Field(
+        default=None,
+        description="Header carrying the user name set by a trusted portal in front of ragtune; off when unset.",
+    )
+    ui_users: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated user:password pairs; set, the web UI asks for a login."
+    )
 
     @field_validator("chunk_overlap")
     @classmethod
@@ -112,6 +150,17 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("ui_users", mode="before")
+    @classmethod
+    def _split_users(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [pair.strip() for pair in value.split(",") if pair.strip()]
+        for pair in value or []:
+            user, sep, password = str(pair).partition(":")
+            if not sep or not user.strip() or not password:
+                raise ValueError("each entry must be user:password")
         return value
 
     @field_validator("default_collection")

@@ -78,9 +78,7 @@ def _save_cache(model: Any, tokenizer: Any, target: Path) -> None:
     partial.rename(target)
 
 
-def load_base_model(
-    spec: str, cache_root: Path, *, device: str = "auto", dtype: str = "float32"
-) -> LoadedModel:
+def load_base_model(spec: str, cache_root: Path, *, device: str = "auto", dtype: str = "float32") -> LoadedModel:
     """Load `spec` (see `locate_generator`) on `device`; GGUF weights are cached under `cache_root`."""
     import torch
 

@@ -1,0 +1,139 @@
+"""A LangChain chat model over any ragtune `Generator`, so the pipeline is built from runnables.
+
+`langchain-huggingface`'s `ChatHuggingFace` wraps a pipeline without per-request LoRA adapters or
+a remote fallback, so this thin `BaseChatModel` delegates to our generator instead. The adapter can
+be fixed on the model (`RagtuneChatModel(generator=g, adapter="support")`) or chosen per call
+(`model.invoke(messages, adapter="support")`, or `.bind(adapter=...)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+from bot.llm.types import Generator, Message
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+
+
+def to_chat_messages(messages: Sequence[BaseMessage]) -> list[Message]:
+    """LangChain messages to the `{"role", "content"}` dicts generators take."""
+    converted = []
+    for message in messages:
+        role = message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type)
+        if role is None:
+            raise ValueError(f"message type {message.type!r} is not supported by the generator")
+        content = message.content if isinstance(message.content, str) else message.text
+        converted.append({"role": role, "content": content})
+    return converted
+
+
+class RagtuneChatModel(BaseChatModel):
+    """`BaseChatModel` over a ragtune `Generator` (local with adapters, or remote)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    generator: Any = Field(description="A bot.llm Generator (LocalGenerator or RemoteGenerator).")
+    adapter: str | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "ragtune"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"generator": getattr(self.generator, "name", "?"), "adapter": self.adapter}
+
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        merged_stop = list(self.stop or []) + list(stop or []) + list(kwargs.get("stop") or [])
+        return {
+            "adapter": kwargs.get("adapter", self.adapter),
+            "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "top_p": kwargs.get("top_p", self.top_p),
+            "stop": merged_stop or None,
+        }
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        generator: Generator = self.generator
+        options = self._options(stop, kwargs)
+        result = generator.generate(to_chat_messages(messages), **options)
+        message = AIMessage(
+            content=result.text,
+            response_metadata={
+                "finish_reason": result.finish_reason,
+                "adapter": options["adapter"],
+                "seconds": result.seconds,
+                "time_to_first_token_s": result.time_to_first_token_s,
+                "model_name": getattr(generator, "name", None),
+            },
+            usage_metadata={
+                "input_tokens": result.prompt_tokens,
+                "output_tokens": result.completion_tokens,
+                "total_tokens": result.prompt_tokens + result.completion_tokens,
+            },
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        options = self._options(stop, kwargs)
+        pieces = self.generator.stream(to_chat_messages(messages), **options)
+        try:
+            for piece in pieces:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if run_manager:
+                    run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        stats = getattr(pieces, "stats", None)
+        if stats is not None:
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content="",
+                    response_metadata={"finish_reason": stats.finish_reason, "adapter": options["adapter"]},
+                    usage_metadata={
+                        "input_tokens": stats.prompt_tokens,
+                        "output_tokens": stats.completion_tokens,
+                        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+                    },
+                )
+            )
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        options = self._options(stop, kwargs)
+        async for piece in self.generator.astream(to_chat_messages(messages), **options):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                await run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk

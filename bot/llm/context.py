@@ -1,0 +1,67 @@
+"""The context-length guard: drop the oldest memory first, never the system prompt or the current message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bot.llm.types import ContextOverflow, Message
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_messages(messages: list[Message]) -> None:
+    """Reject malformed chat messages with a one-line reason before they reach a model."""
+    if not messages:
+        raise ValueError("messages: empty; at least the current message is needed")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError(f"messages[{index}]: expected {{'role': ..., 'content': str}}")
+        if message.get("role") not in ROLES:
+            raise ValueError(f"messages[{index}]: unknown role {message.get('role')!r} (use one of {', '.join(ROLES)})")
+
+
+def fit_messages(
+    messages: list[Message],
+    *,
+    max_new_tokens: int,
+    context_length: int,
+    count_prompt: Callable[[list[Message]], int],
+) -> list[Message]:
+    """Return `messages` with the fewest oldest non-system turns removed so prompt + answer fit.
+
+    System messages and the last message are always kept; if they alone do not fit, `ContextOverflow`
+    says by how much. `count_prompt` counts the tokens of the rendered prompt (chat template included),
+    and is monotone in the number of turns kept, so a binary search finds the cut in O(log n) renders.
+    A cut never leaves the history starting with an assistant turn whose question was dropped.
+    """
+    check_messages(messages)
+    budget = context_length - max_new_tokens
+    if budget <= 0:
+        raise ContextOverflow(f"max_new_tokens={max_new_tokens} leaves no room in a {context_length}-token context")
+    last = len(messages) - 1
+    history = [i for i in range(last) if messages[i]["role"] != "system"]
+
+    def keep_from(start: int) -> list[Message]:
+        dropped = set(history[:start])
+        return [message for i, message in enumerate(messages) if i not in dropped]
+
+    if count_prompt(messages) <= budget:
+        return list(messages)
+    minimal = keep_from(len(history))
+    needed = count_prompt(minimal)
+    if needed > budget:
+        raise ContextOverflow(
+            f"the system prompt and current message need {needed} tokens but only {budget} fit "
+            f"({context_length}-token context minus max_new_tokens={max_new_tokens}); shorten the message"
+        )
+    low, high = 1, len(history)  # invariant: dropping `high` fits, dropping `low - 1` does not
+    while low < high:
+        middle = (low + high) // 2
+        if count_prompt(keep_from(middle)) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    start = high
+    while start < len(history) and messages[history[start]]["role"] != "user":
+        start += 1
+    return keep_from(start)

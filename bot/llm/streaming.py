@@ -1,0 +1,120 @@
+"""Backend-independent pieces of streaming: stop sequences, incremental decoding, async bridging."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+
+class StopFilter:
+    """Cuts a text stream at the first stop sequence, which never reaches the caller.
+
+    A stop sequence can arrive split over several tokens, so the tail that could still be the start of
+    one is held back until the next piece settles it.
+    """
+
+    def __init__(self, stops: Sequence[str] | None) -> None:
+        self.stops = [stop for stop in (stops or []) if stop]
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """Add `piece`; return the text that is now safe to emit (empty once stopped)."""
+        if self.stopped:
+            return ""
+        text = self._pending + piece
+        if not self.stops:
+            self._pending = ""
+            return text
+        cut = min((index for stop in self.stops if (index := text.find(stop)) >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._pending = ""
+            return text[:cut]
+        hold = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(text)), hold, -1):
+                if stop.startswith(text[-size:]):
+                    hold = size
+                    break
+        self._pending = text[len(text) - hold :] if hold else ""
+        return text[: len(text) - hold] if hold else text
+
+    def flush(self) -> str:
+        """The held-back tail, once the stream ended without completing a stop sequence."""
+        text, self._pending = ("" if self.stopped else self._pending), ""
+        return text
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text deltas.
+
+    Decoding token by token breaks multi-byte characters and byte-level BPE spacing; decoding the
+    whole completion each step and emitting the new suffix is exact. A trailing U+FFFD means a
+    character is still incomplete, so it waits for the next token.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._emitted = 0
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self._emitted = text[self._emitted :], len(text)
+        return delta
+
+
+async def iterate_in_thread(
+    start: Callable[[], Iterator[str]], cancel: threading.Event | None = None
+) -> AsyncIterator[str]:
+    """Run a blocking token iterator in its own thread and hand its pieces to the event loop.
+
+    The whole iteration stays on one thread (torch's grad mode and the model lock are per thread),
+    and leaving the `async for` early sets `cancel` and closes the iterator so the model is freed.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    cancel = cancel or threading.Event()
+
+    def post(kind: str, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            cancel.set()
+
+    def produce() -> None:
+        iterator: Iterator[str] | None = None
+        try:
+            iterator = start()
+            for piece in iterator:
+                if cancel.is_set():
+                    break
+                post("piece", piece)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            post("error", exc)
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        post("done", None)
+
+    worker = threading.Thread(target=produce, name="ragtune-generate", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "piece":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        cancel.set()

@@ -1,0 +1,309 @@
+"""Shared conversation memory in PostgreSQL: sessions owned by someone, turns with their route and sources.
+
+Both the knowledge and the skill path read the same rows, so "make that shorter" sees the cited answer
+before it. Every read and write names the owner in its SQL (`WHERE id = %s AND owner = %s`): another
+owner's session is indistinguishable from a missing one. Session ids are `secrets.token_urlsafe(24)`
+(32 characters, 192 random bits), so they cannot be guessed either. Nothing is cached in the process:
+a restarted app resumes every session from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from langchain_core.chat_history import BaseChatMessageHistory
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+
+log = logging.getLogger(__name__)
+
+MAX_OWNER_CHARS = 200
+SUMMARY_MAX_CHARS = 1500
+
+
+class SessionNotFound(LookupError):
+    """No such session for this owner (it may exist for someone else: we do not say)."""
+
+
+@dataclass
+class SessionInfo:
+    id: str
+    owner: str
+    title: str
+    summary: str
+    summary_turns: int
+    created_at: datetime
+    updated_at: datetime
+    turns: int = 0
+
+
+@dataclass
+class StoredMessage:
+    turn: int
+    role: str
+    content: str
+    route: str | None = None
+    confidence: float | None = None
+    reason: str | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    adapter: str | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+    def as_chat(self) -> dict[str, Any]:
+        """The {"role", "content", "route"} form the router and the generator take."""
+        return {"role": self.role, "content": self.content, "route": self.route}
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "created_at"}
+        data["created_at"] = self.created_at.isoformat() if self.created_at else None
+        return data
+
+
+@dataclass
+class MemoryContext:
+    """What a turn sees of the past: the running summary of old turns plus the recent ones, oldest first."""
+
+    summary: str
+    messages: list[StoredMessage]
+    next_turn: int
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _check_owner(owner: str) -> str:
+    if not owner or not isinstance(owner, str) or len(owner) > MAX_OWNER_CHARS:
+        raise ValueError(f"owner: must be a non-empty string of at most {MAX_OWNER_CHARS} characters")
+    return owner
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    for stop in (". ", "? ", "! "):
+        cut = text.find(stop)
+        if 0 < cut < limit:
+            return text[: cut + 1]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fold_into_summary(summary: str, old: Sequence[StoredMessage], max_chars: int = SUMMARY_MAX_CHARS) -> str:
+    """Extend the running summary with turns that no longer fit the window.
+
+    Extractive on purpose: asking the 135M default model to summarise costs seconds per turn and invents
+    facts, while the first sentence of each old turn keeps what was asked and answered. When the summary
+    itself grows too long its oldest lines are dropped.
+    """
+    lines = [line for line in summary.splitlines() if line.strip()]
+    for message in old:
+        who = "User" if message.role == "user" else "Assistant"
+        lines.append(f"{who}: {_first_sentence(message.content)}")
+    while lines and sum(len(line) + 1 for line in lines) > max_chars:
+        lines.pop(0)
+    return "\n".join(lines)
+
+
+class MemoryStore:
+    """Sessions and messages over a psycopg pool. Thread-safe: each call takes its own pooled connection."""
+
+    def __init__(self, pool: ConnectionPool, *, window_turns: int = 6) -> None:
+        self.pool = pool
+        self.window_turns = window_turns
+
+    # --- sessions ----------------------------------------------------------------------------
+    def create_session(self, owner: str, title: str = "") -> str:
+        _check_owner(owner)
+        session_id = new_session_id()
+        with self.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO sessions (id, owner, title) VALUES (%s, %s, %s)", (session_id, owner, title[:200])
+            )
+        return session_id
+
+    def get_session(self, session_id: str, owner: str) -> SessionInfo:
+        _check_owner(owner)
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT s.*, (SELECT count(*) FROM messages m WHERE m.session_id = s.id AND m.role = 'user') AS turns"
+                " FROM sessions s WHERE s.id = %s AND s.owner = %s",
+                (session_id, owner),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise SessionNotFound(f"session {session_id!r}: not found")
+        return SessionInfo(**row)
+
+    def list_sessions(self, owner: str, limit: int = 100) -> list[SessionInfo]:
+        _check_owner(owner)
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT s.*, (SELECT count(*) FROM messages m WHERE m.session_id = s.id AND m.role = 'user') AS turns"
+                " FROM sessions s WHERE s.owner = %s ORDER BY s.updated_at DESC LIMIT %s",
+                (owner, limit),
+            )
+            return [SessionInfo(**row) for row in cur.fetchall()]
+
+    def delete_session(self, session_id: str, owner: str) -> None:
+        _check_owner(owner)
+        with self.pool.connection() as conn:
+            deleted = conn.execute("DELETE FROM sessions WHERE id = %s AND owner = %s", (session_id, owner)).rowcount
+        if not deleted:
+            raise SessionNotFound(f"session {session_id!r}: not found")
+
+    def clear_session(self, session_id: str, owner: str) -> None:
+        _check_owner(owner)
+        with self.pool.connection() as conn, conn.transaction():
+            if not conn.execute(
+                "UPDATE sessions SET summary = '', summary_turns = 0, updated_at = now() WHERE id = %s AND owner = %s",
+                (session_id, owner),
+            ).rowcount:
+                raise SessionNotFound(f"session {session_id!r}: not found")
+            conn.execute("DELETE FROM messages WHERE session_id = %s", (session_id,))
+
+    # --- messages ----------------------------------------------------------------------------
+    def messages(self, session_id: str, owner: str, *, after_turn: int = 0) -> list[StoredMessage]:
+        """All messages of the session (after `after_turn`), oldest first; SessionNotFound for another owner."""
+        _check_owner(owner)
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("SELECT 1 FROM sessions WHERE id = %s AND owner = %s", (session_id, owner))
+            if cur.fetchone() is None:
+                raise SessionNotFound(f"session {session_id!r}: not found")
+            cur.execute(
+                "SELECT m.turn, m.role, m.content, m.route, m.confidence, m.reason, m.sources, m.adapter,"
+                " m.timings, m.created_at FROM messages m JOIN sessions s ON s.id = m.session_id"
+                " WHERE m.session_id = %s AND s.owner = %s AND m.turn > %s"
+                " ORDER BY m.turn, CASE m.role WHEN 'system' THEN 0 WHEN 'user' THEN 1 ELSE 2 END",
+                (session_id, owner, after_turn),
+            )
+            return [StoredMessage(**row) for row in cur.fetchall()]
+
+    def context(self, session_id: str, owner: str) -> MemoryContext:
+        """Summary + the last `window_turns` turns. Older turns are folded into the stored summary once."""
+        info = self.get_session(session_id, owner)
+        recent = self.messages(session_id, owner, after_turn=info.summary_turns)
+        turns = sorted({m.turn for m in recent})
+        next_turn = (turns[-1] if turns else info.summary_turns) + 1
+        summary = info.summary
+        if len(turns) > self.window_turns:
+            keep_from = turns[-self.window_turns]
+            old = [m for m in recent if m.turn < keep_from]
+            summary = fold_into_summary(summary, old)
+            with self.pool.connection() as conn:
+                conn.execute(
+                    "UPDATE sessions SET summary = %s, summary_turns = %s WHERE id = %s AND owner = %s"
+                    " AND summary_turns < %s",
+                    (summary, keep_from - 1, session_id, owner, keep_from - 1),
+                )
+            recent = [m for m in recent if m.turn >= keep_from]
+        return MemoryContext(summary=summary, messages=recent, next_turn=next_turn)
+
+    def save_turn(
+        self,
+        session_id: str,
+        owner: str,
+        user_text: str,
+        answer: str,
+        *,
+        route: str | None = None,
+        confidence: float | None = None,
+        reason: str | None = None,
+        sources: list[dict[str, Any]] | None = None,
+        adapter: str | None = None,
+        timings: dict[str, Any] | None = None,
+    ) -> int:
+        """Store the user message and the answer as one turn, in one transaction; return the turn number.
+
+        The session row is locked first, so two concurrent turns of one session get consecutive numbers.
+        """
+        _check_owner(owner)
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT title FROM sessions WHERE id = %s AND owner = %s FOR UPDATE", (session_id, owner)
+            ).fetchone()
+            if row is None:
+                raise SessionNotFound(f"session {session_id!r}: not found")
+            turn = conn.execute(
+                "SELECT coalesce(max(turn), 0) + 1 FROM messages WHERE session_id = %s", (session_id,)
+            ).fetchone()[0]
+            base = (session_id, turn)
+            conn.execute(
+                "INSERT INTO messages (session_id, turn, role, content, route, adapter)"
+                " VALUES (%s, %s, 'user', %s, %s, %s)",
+                (*base, user_text, route, adapter),
+            )
+            conn.execute(
+                "INSERT INTO messages (session_id, turn, role, content, route, confidence, reason, sources,"
+                " adapter, timings) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s, %s, %s)",
+                (*base, answer, route, confidence, reason, Jsonb(sources or []), adapter, Jsonb(timings or {})),
+            )
+            title = row[0] or _first_sentence(user_text, 60)
+            conn.execute("UPDATE sessions SET updated_at = now(), title = %s WHERE id = %s", (title, session_id))
+        return turn
+
+
+class PostgresChatMessageHistory(BaseChatMessageHistory):
+    """The session's memory as a LangChain chat history (owner-checked, database-backed, no local cache).
+
+    Messages are written in user/assistant pairs, the way the memory stores turns: a human message waits
+    until its answer arrives, then both go in one transaction.
+    """
+
+    def __init__(self, store: MemoryStore, session_id: str, owner: str) -> None:
+        store.get_session(session_id, owner)  # fail early for a wrong owner or id
+        self.store = store
+        self.session_id = session_id
+        self.owner = owner
+        self._pending_user: str | None = None
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        out: list[BaseMessage] = []
+        for m in self.store.messages(self.session_id, self.owner):
+            kwargs = {"turn": m.turn, "route": m.route}
+            if m.role == "user":
+                out.append(HumanMessage(content=m.content, additional_kwargs=kwargs))
+            elif m.role == "assistant":
+                kwargs.update(sources=m.sources, adapter=m.adapter, confidence=m.confidence, reason=m.reason)
+                out.append(AIMessage(content=m.content, additional_kwargs=kwargs))
+        return out
+
+    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        for message in messages:
+            text = message.content if isinstance(message.content, str) else str(message.content)
+            if isinstance(message, HumanMessage):
+                if self._pending_user is not None:
+                    self.store.save_turn(self.session_id, self.owner, self._pending_user, "")
+                self._pending_user = text
+            elif isinstance(message, AIMessage):
+                extra = message.additional_kwargs
+                self.store.save_turn(
+                    self.session_id,
+                    self.owner,
+                    self._pending_user or "",
+                    text,
+                    route=extra.get("route"),
+                    confidence=extra.get("confidence"),
+                    reason=extra.get("reason"),
+                    sources=extra.get("sources"),
+                    adapter=extra.get("adapter"),
+                    timings=extra.get("timings"),
+                )
+                self._pending_user = None
+            else:
+                raise ValueError(f"message type {message.type!r}: only human and ai messages are stored")
+
+    def clear(self) -> None:
+        self._pending_user = None
+        self.store.clear_session(self.session_id, self.owner)

@@ -1,0 +1,142 @@
+"""Backend-independent parts of generation: stop sequences, incremental decoding, the context guard."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.llm.adapters import check_adapter_name, find_adapter_dirs, read_adapter_config
+from bot.llm.context import fit_messages
+from bot.llm.local import resolve_dtype
+from bot.llm.streaming import StopFilter, iterate_in_thread
+from bot.llm.types import ContextOverflow
+
+
+def _run(pieces: list[str], stops: list[str]) -> str:
+    stopper = StopFilter(stops)
+    out = "".join(stopper.feed(piece) for piece in pieces)
+    return out + stopper.flush()
+
+
+@given(
+    text=st.text(alphabet="ab <|>", max_size=40),
+    stops=st.lists(st.text(alphabet="ab <|>", min_size=1, max_size=4), max_size=3),
+    cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
+)
+def test_stop_filter_is_independent_of_chunking(text: str, stops: list[str], cuts: list[int]) -> None:
+    bounds = sorted({0, len(text), *(min(c, len(text)) for c in cuts)})
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    positions = [text.find(stop) for stop in stops if stop in text]
+    expected = text[: min(positions)] if positions else text
+    assert _run(pieces, stops) == expected
+
+
+def test_stop_filter_holds_back_only_possible_prefixes() -> None:
+    stopper = StopFilter(["<|end|>"])
+    assert stopper.feed("Hello <|") == "Hello "
+    assert stopper.feed("x") == "<|x"
+    assert stopper.feed(" done <|en") == " done "
+    assert stopper.feed("d|> ignored") == ""
+    assert stopper.stopped and stopper.feed("more") == "" and stopper.flush() == ""
+
+
+def _count(messages: list[dict[str, str]]) -> int:
+    return sum(len(m["content"].split()) + 2 for m in messages)
+
+
+def test_fit_messages_keeps_system_and_current_and_newest_turns() -> None:
+    system = {"role": "system", "content": "rules " * 5}
+    turns = []
+    for i in range(5):
+        turns += [{"role": "user", "content": f"q{i} " * 10}, {"role": "assistant", "content": f"a{i} " * 10}]
+    current = {"role": "user", "content": "now " * 5}
+    messages = [system, *turns, current]
+    assert fit_messages(messages, max_new_tokens=10, context_length=1000, count_prompt=_count) == messages
+    fitted = fit_messages(messages, max_new_tokens=10, context_length=60, count_prompt=_count)
+    assert fitted == [system, *turns[-2:], current]  # a3 would fit too, but not as an orphan answer
+    with pytest.raises(ContextOverflow, match="need 14 tokens but only 3 fit"):
+        fit_messages([system, current], max_new_tokens=10, context_length=13, count_prompt=_count)
+    with pytest.raises(ContextOverflow, match="leaves no room"):
+        fit_messages([current], max_new_tokens=10, context_length=10, count_prompt=_count)
+
+
+def test_fit_messages_never_starts_history_with_an_orphan_answer() -> None:
+    turns = [{"role": "user", "content": "q " * 10}, {"role": "assistant", "content": "a " * 3}]
+    messages = [*turns, {"role": "user", "content": "x"}]
+    fitted = fit_messages(messages, max_new_tokens=1, context_length=12, count_prompt=_count)
+    assert fitted == [messages[-1]]
+
+
+@pytest.mark.parametrize("bad", [[], [{"role": "user"}], [{"role": "robot", "content": "x"}], ["hi"]])
+def test_malformed_messages_are_refused(bad) -> None:
+    with pytest.raises(ValueError, match="messages"):
+        fit_messages(bad, max_new_tokens=1, context_length=100, count_prompt=_count)
+
+
+def test_adapter_names_and_directories(tmp_path) -> None:
+    assert check_adapter_name("support-voice_2") == "support-voice_2"
+    for bad in ("", "a.b", "-x", "x" * 65, "a/b"):
+        with pytest.raises(ValueError, match="adapter name"):
+            check_adapter_name(bad)
+    with pytest.raises(ValueError, match="no such directory"):
+        read_adapter_config(tmp_path / "missing")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        read_adapter_config(tmp_path / "broken")
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(ValueError, match="no adapter_model.safetensors"):
+        read_adapter_config(tmp_path / "noweights")
+    (tmp_path / "plain").mkdir()
+    assert sorted(find_adapter_dirs(tmp_path)) == ["broken", "noweights"]
+    assert find_adapter_dirs(tmp_path / "absent") == {}
+
+
+def test_resolve_dtype_explicit_choice_wins() -> None:
+    assert resolve_dtype("float16", "cpu") == "float16"
+    assert resolve_dtype("auto", "cpu") in {"float32", "bfloat16"}
+
+
+def test_iterate_in_thread_runs_iterator_on_one_thread_and_stops_early() -> None:
+    seen_threads: set[int] = set()
+    closed = threading.Event()
+
+    def pieces():
+        try:
+            for i in range(1000):
+                seen_threads.add(threading.get_ident())
+                yield str(i)
+        finally:
+            closed.set()
+
+    async def take_three() -> list[str]:
+        out = []
+        stream = iterate_in_thread(pieces)
+        async for piece in stream:
+            out.append(piece)
+            if len(out) == 3:
+                break
+        await stream.aclose()
+        return out
+
+    assert asyncio.run(take_three()) == ["0", "1", "2"]
+    assert closed.wait(5)
+    assert len(seen_threads) == 1 and threading.get_ident() not in seen_threads
+
+
+def test_iterate_in_thread_reraises_errors() -> None:
+    def failing():
+        yield "a"
+        raise RuntimeError("boom")
+
+    async def drain() -> list[str]:
+        return [piece async for piece in iterate_in_thread(failing)]
+
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(drain())
