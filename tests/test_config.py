@@ -63,3 +63,12 @@ def test_database_url_without_prefix(monkeypatch):
 def test_api_keys_are_comma_separated(monkeypatch):
     monkeypatch.setenv("RAGTUNE_API_KEYS", "alpha, beta,")
     assert load_settings().api_keys == ["alpha", "beta"]
+
+
+def test_documentation_lists_every_setting():
+    from bot.config import Settings, env_name
+    from tests.conftest import REPO_ROOT
+
+    documented = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    missing = [env_name(name) for name in Settings.model_fields if f"`{env_name(name)}`" not in documented]
+    assert not missing, f"docs/configuration.md lacks {missing}: regenerate it with `ragtune config docs`"

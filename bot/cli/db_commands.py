@@ -117,4 +117,12 @@ def config_show() -> None:
     click.echo(json.dumps(values, indent=2))
 
 
+@config_group.command("docs")
+def config_docs() -> None:
+    """Print every setting as a markdown table (the source of docs/configuration.md)."""
+    from bot.config import settings_table
+
+    click.echo(settings_table())
+
+
 COMMANDS = [db_group, config_group]
