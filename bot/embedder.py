@@ -13,7 +13,8 @@ from bot.config import Settings
 
 def configured_embedder(settings: Settings):
     """The shared embedder for these settings; refuses a model whose width does not match the store."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # BLAS threads fighting torch on two cores hurt latency
+    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # BLAS threads fighting torch's on two cores: p95 8x
+        os.environ.setdefault(name, "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from knowledge.embedding import get_embedder
 

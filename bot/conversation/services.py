@@ -38,19 +38,12 @@ class Services:
         self.db.close()
 
 
-def _limit_blas_threads() -> None:
-    """numpy/BLAS threads fighting torch's for two cores raised embedding p95 8x (DESIGN.md)."""
-    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(name, "1")
-
-
 def min_score(settings: Settings) -> float:
     return settings.min_relevance if settings.min_relevance > 0 else DEFAULT_MIN_SCORE
 
 
 def build_services(settings: Settings, *, db: Database | None = None) -> Services:
     """Open the database and load the models (embedder, generator with its adapters, router)."""
-    _limit_blas_threads()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     timings: dict[str, float] = {}
     started = time.perf_counter()
