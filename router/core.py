@@ -137,13 +137,28 @@ class Router:
         w = self.classifier.weight
         return w * clf_p + (1 - w) * sim_p, nearest, sim_scores, "combined"
 
+    @property
+    def embedder(self):
+        """The embedder behind the router, so a caller sharing it can embed a message once for both."""
+        return self.encoder.embedder
+
+    def embed(self, message: str) -> np.ndarray:
+        """The message's vector, as `decide` would compute it."""
+        return self.encoder.encode(message)
+
     def decide(
-        self, message: str, history: Sequence[dict] = (), *, retrieval_strength: float | None = None
+        self,
+        message: str,
+        history: Sequence[dict] = (),
+        *,
+        retrieval_strength: float | None = None,
+        embedding: np.ndarray | None = None,
     ) -> Decision:
+        """Route `message`; `embedding` (from `embed`, same embedder) skips embedding it again."""
         started = time.perf_counter()
         if not isinstance(message, str) or not message.strip():
             raise ValueError("cannot route an empty message")
-        vector = self.encoder.encode(message)
+        vector = self.encoder.encode(message) if embedding is None else np.asarray(embedding, dtype=np.float32)
         p, nearest, sim_scores, method = self._probabilities(vector)
         notes: list[str] = []
         used_memory = None

@@ -101,3 +101,19 @@ def test_api_on_the_real_pipeline(services):
     assert [f["file"] for f in report["failed"]] == ["broken.pdf"] and report["failed"][0]["reason"]
     hits = services.store.search("When does the car park open?", collection="api-upload", k=1)
     assert hits and "7 am" in hits[0].text
+
+
+def test_message_is_embedded_once_for_search_and_router(services):
+    """In the app the router and the store share one embedder, so a turn embeds the message once for both."""
+    import numpy as np
+
+    conversation, message = services.conversation, "How do I train an adapter?"
+    vector = conversation._shared_message_vector(message)
+    assert vector is not None
+    assert np.allclose(vector, services.store.embedder.embed_query(message), atol=1e-4)
+    shared = services.router.decide(message, retrieval_strength=0.5, embedding=vector)
+    alone = services.router.decide(message, retrieval_strength=0.5)
+    assert (shared.route, round(shared.confidence, 4)) == (alone.route, round(alone.confidence, 4))
+    with_vector = services.store.search(message, collection=DEMO_COLLECTION, k=3, embedding=vector)
+    without = services.store.search(message, collection=DEMO_COLLECTION, k=3)
+    assert [h.chunk_id for h in with_vector] == [h.chunk_id for h in without]

@@ -216,13 +216,23 @@ class Conversation:
             return state
         started = time.perf_counter()
         collection = options.collection or self.default_collection
+        vector = self._shared_message_vector(state["message"])
         hits = self.store.search(
-            state["message"], collection=collection, k=max(self.sources_k, 1), mode=self.search_mode
+            state["message"], collection=collection, k=max(self.sources_k, 1), mode=self.search_mode, embedding=vector
         )
+        state["message_vector"] = vector
         state["probe"] = (state["message"], collection, hits)
         state["retrieval_strength"] = max((float(h.score) for h in hits), default=0.0)
         state["timings"]["probe_ms"] = (time.perf_counter() - started) * 1000
         return state
+
+    def _shared_message_vector(self, message: str):
+        """Embed the message once for the probe search and the router when both use the same embedder (the app's
+        case); None lets each embed it itself."""
+        embedder = getattr(self.router, "embedder", None)
+        if embedder is None or embedder is not getattr(self.store, "embedder", None):
+            return None
+        return self.router.embed(message)
 
     def _route(self, state: dict) -> dict:
         started = time.perf_counter()
@@ -252,7 +262,12 @@ class Conversation:
             choice = _choice("knowledge", "knowledge", "no router configured", confidence=0.0, fallback=True)
         else:
             history = [m if isinstance(m, dict) else m.as_chat() for m in state["recent"]]
-            decision = self.router.decide(state["message"], history, retrieval_strength=state.get("retrieval_strength"))
+            decision = self.router.decide(
+                state["message"],
+                history,
+                retrieval_strength=state.get("retrieval_strength"),
+                embedding=state.get("message_vector"),
+            )
             choice = {
                 key: getattr(decision, key, None)
                 for key in ("route", "action", "adapter", "collection", "retrieve", "confidence", "reason", "fallback")
