@@ -28,19 +28,32 @@ FILLER = (
     "weather at the time of arrival. Inspectors compare the log against customs declarations each week. "
 )
 
+# Phases of one start, from the script's first line to a generator ready for its first request. The
+# transformers import is timed on its own only to show where the time goes: loading imports it anyway.
 START_SCRIPT = """
 import json, sys, time
 started = time.perf_counter()
 import torch
 torch.set_num_threads({threads})
+torch_done = time.perf_counter()
 from pathlib import Path
 from bot.llm.loading import load_base_model
 from bot.llm.local import LocalGenerator
 imported = time.perf_counter()
+import transformers.modeling_utils
+from transformers import AutoModelForCausalLM, AutoTokenizer
+transformers_done = time.perf_counter()
 loaded = load_base_model("smollm2", Path(sys.argv[1]), device="cpu", dtype="float32")
 LocalGenerator(loaded)
 done = time.perf_counter()
-print(json.dumps({{"imports_s": imported - started, "load_s": done - imported, "from_cache": loaded.from_cache}}))
+print(json.dumps({{
+    "torch_import_s": torch_done - started,
+    "imports_s": imported - started,
+    "transformers_import_s": transformers_done - imported,
+    "load_s": done - transformers_done,
+    "ready_s": done - started,
+    "from_cache": loaded.from_cache,
+}}))
 """
 
 
@@ -63,7 +76,7 @@ def start_in_fresh_process(cache: Path, threads: int) -> dict:
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["process_s"] = time.perf_counter() - started
+    result["process_s"] = time.perf_counter() - started  # also counts interpreter start-up and exit
     return result
 
 
@@ -108,7 +121,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rss_before = rss_mb()
     loaded = load_base_model("smollm2", args.cache, device="cpu", dtype="float32")
-    generator = LocalGenerator(loaded, max_new_tokens=args.new_tokens)
+    generator = LocalGenerator(loaded, max_new_tokens=args.new_tokens, threads=args.threads)
     rss_loaded = rss_mb()
     model, eos = loaded.model, sorted(generator.eos_token_ids)
 
@@ -181,10 +194,14 @@ def main() -> None:
         ("streaming overhead vs ceiling (target <= 10%)", f"{report['streaming_overhead_pct']:.1f}%"),
         (f"TTFT {prompt_ids.shape[1]}-token prompt, bare", f"{report['ttft_s']['bare']:.3f} s"),
         (f"TTFT {prompt_ids.shape[1]}-token prompt, bot.llm (target <= 0.5 s)", f"{report['ttft_s']['module']:.3f} s"),
-        ("first start: load + de-quantise (process total)", f"{first['load_s']:.1f} s ({first['process_s']:.1f} s)"),
+        ("first start: start -> ready (process incl. exit)", f"{first['ready_s']:.1f} s ({first['process_s']:.1f} s)"),
         (
-            "warm start: cached load (process total, target <= 2 s)",
-            f"{warm['load_s']:.2f} s ({warm['process_s']:.1f} s)",
+            "warm start: start -> ready (target <= 2 s; process incl. exit)",
+            f"{warm['ready_s']:.2f} s ({warm['process_s']:.1f} s)",
+        ),
+        (
+            "  warm: torch / transformers import / load + tokenizer",
+            f"{warm['torch_import_s']:.2f} / {warm['transformers_import_s']:.2f} / {warm['load_s']:.2f} s",
         ),
         ("RSS after load / peak", f"{rss_loaded:.0f} / {peak_rss:.0f} MB"),
         ("threads / 1-min load average", f"{args.threads} / {report['load_avg_1min']:.1f}"),

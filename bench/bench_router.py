@@ -2,7 +2,8 @@
 routing by the default generator, on the same train/dev split, plus ragtune's own out-of-domain and
 follow-up checks (bench/router_ood.jsonl, bench/router_followups.jsonl: written for this project).
 
-    .venv/bin/python -m bench.bench_router [--zero-shot-limit 200] [--skip-zero-shot] [--skip-semantic-router]
+    .venv/bin/python -m bench.bench_router [--embedders onnx-int8,torch-fp32] [--zero-shot-limit 200]
+        [--skip-zero-shot] [--skip-semantic-router]
 
 semantic-router is optional and not a dependency: put it on PYTHONPATH (e.g. `pip install --no-deps --target DIR
 semantic-router` plus the few pure-Python packages it imports). Latency is wall-clock per decision, embedding
@@ -94,7 +95,8 @@ def run_system(
 
 def _vectors(encoder, texts: list[str]) -> np.ndarray:
     """Embeddings of the training texts, cached under bench/results (embedding them is most of training time)."""
-    key = hashlib.sha256(("\n".join(texts) + encoder.name).encode()).hexdigest()[:16]
+    identity = str(getattr(encoder.embedder, "description", encoder.name))  # backend and quantisation included
+    key = hashlib.sha256(("\n".join(texts) + identity).encode()).hexdigest()[:16]
     path = RESULTS / f".router-train-{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -214,7 +216,12 @@ def main() -> None:
     parser.add_argument("--skip-zero-shot", action="store_true")
     parser.add_argument("--skip-semantic-router", action="store_true")
     parser.add_argument("--state-dir", type=Path, default=None, help="ragtune home holding the model cache")
-    parser.add_argument("--int8", action="store_true", help="also run the router on the int8-quantised embedder")
+    parser.add_argument(
+        "--embedders",
+        default="onnx-int8,torch-fp32",
+        help="comma list of embedder variants (backend-quantisation: onnx-int8, onnx-none, torch-int8, torch-fp32);"
+        " the first is the product default and also serves semantic-router",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "router.json")
     args = parser.parse_args()
 
@@ -229,34 +236,34 @@ def main() -> None:
     follow = read_labelled(HERE / "router_followups.jsonl")
     sets = {"dev": dev, "ood": ood, "followups": follow}
 
-    started = time.perf_counter()
-    embedder = Embedder()
-    encoder = QueryEncoder(embedder)
-    print(f"embedder loaded in {time.perf_counter() - started:.1f}s", flush=True)
+    cache_dir = (args.state_dir or Path.home() / ".cache" / "ragtune") / "models" / "onnx"
     routes = load_routes()
     texts = [r["text"] for r in train]
-    started = time.perf_counter()
-    vectors = _vectors(encoder, texts)
-    model = train_classifier(texts, [r["route"] for r in train], routes, _CachedEncoder(encoder, texts, vectors))
-    print(f"classifier trained in {time.perf_counter() - started:.1f}s; held-out: {model.metrics['heldout']}")
-    clf_path = Path(tempfile.mkdtemp(prefix="ragtune-bench-router-")) / "classifier.json"
-    model.save(clf_path)
-
     systems = []
-    for method in ("similarity", "classifier", "combined"):
-        router = Router(routes, embedder, classifier_path=None if method == "similarity" else clf_path, method=method)
-        router.decide("warm up")
-        note = "shipped examples only, no training" if method == "similarity" else "trained on train.jsonl"
-        systems.append(run_system(f"ragtune {method}", router.decide, sets, note))
-
-    if args.int8:
-        quantized = Embedder(quantize="int8")
-        for method in ("similarity", "combined"):
+    embedder = encoder = model = None
+    for variant in [v.strip() for v in args.embedders.split(",") if v.strip()]:
+        backend, _, quantize = variant.partition("-")
+        started = time.perf_counter()
+        this = Embedder(backend=backend, quantize="none" if quantize in ("fp32", "none") else quantize,
+                        cache_dir=cache_dir)  # fmt: skip
+        this_encoder = QueryEncoder(this)
+        print(f"{this.description}: loaded in {time.perf_counter() - started:.1f}s", flush=True)
+        started = time.perf_counter()
+        vectors = _vectors(this_encoder, texts)
+        trained = train_classifier(
+            texts, [r["route"] for r in train], routes, _CachedEncoder(this_encoder, texts, vectors)
+        )
+        print(f"  classifier trained in {time.perf_counter() - started:.1f}s; held-out: {trained.metrics['heldout']}")
+        clf_path = Path(tempfile.mkdtemp(prefix="ragtune-bench-router-")) / "classifier.json"
+        trained.save(clf_path)
+        for method in ("similarity", "classifier", "combined"):
             path = None if method == "similarity" else clf_path
-            router = Router(routes, quantized, classifier_path=path, method=method)
+            router = Router(routes, this, classifier_path=path, method=method)
             router.decide("warm up")
-            note = "int8 dynamic-quantised MiniLM" + ("; classifier trained on fp32 vectors" if path else "")
-            systems.append(run_system(f"ragtune {method} int8", router.decide, sets, note))
+            note = this.description + ("; shipped examples only" if path is None else "; trained on its own vectors")
+            systems.append(run_system(f"ragtune {method} {variant}", router.decide, sets, note))
+        if embedder is None:
+            embedder, encoder, model = this, this_encoder, trained
 
     if not args.skip_semantic_router:
         decide, note = semantic_router_system(embedder, encoder, train)
@@ -275,17 +282,17 @@ def main() -> None:
 
     print()
     header = (
-        f"{'system':<22}{'dev acc':>9}{'p50 ms':>8}{'p95 ms':>8}{'cpu p95':>9}{'ood acc':>9}{'follow-up':>11}  note"
+        f"{'system':<36}{'dev acc':>9}{'p50 ms':>8}{'p95 ms':>8}{'cpu p95':>9}{'ood acc':>9}{'follow-up':>11}  note"
     )
     print(header)
     print("-" * len(header))
     for s in systems:
         if "dev" not in s:
-            print(f"{s['system']:<22}{'-':>9}{'-':>8}{'-':>8}{'-':>9}{'-':>9}{'-':>11}  {s['note']}")
+            print(f"{s['system']:<36}{'-':>9}{'-':>8}{'-':>8}{'-':>9}{'-':>9}{'-':>11}  {s['note']}")
             continue
         d = s["dev"]
         print(
-            f"{s['system']:<22}{d['accuracy']:>9.3f}{d['latency_ms']['p50']:>8.1f}{d['latency_ms']['p95']:>8.1f}"
+            f"{s['system']:<36}{d['accuracy']:>9.3f}{d['latency_ms']['p50']:>8.1f}{d['latency_ms']['p95']:>8.1f}"
             f"{_ms(d['cpu_ms']['p95'], ''):>9}{s['ood']['accuracy']:>9.3f}{_acc(s.get('followups')):>11}"
             f"  {s['note']}"
         )

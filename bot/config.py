@@ -88,6 +88,15 @@ class Settings(BaseSettings):
         default="auto",
         description="Weights dtype. 'auto': bfloat16 on CUDA or CPUs with native bf16 (AVX512-BF16/AMX), else float32.",
     )
+    generator_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description=(
+            "CPU threads for the local generator; unset: OMP_NUM_THREADS if set, else every core. Set 1 on a machine "
+            "busy with other work: OpenMP threads that lose their core to another process stall each other."
+        ),
+    )
     generator_context_length: int | None = Field(
         default=None, ge=256, le=1_048_576, description="Prompt + answer token limit; unset: the model's own."
     )
@@ -129,6 +138,12 @@ class Settings(BaseSettings):
         description="'int8': dynamic int8 Linear layers for the CPU embedder (faster ingest, see bench_knowledge); "
         "'none': plain fp32. Ignored on a GPU.",
     )
+    embedding_backend: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description="'onnx': the embedder exported once to ONNX Runtime in the model cache (faster ingest and "
+        "routing, see bench_embedder); 'torch': sentence-transformers. ONNX falls back to torch with a warning "
+        "on a GPU or when the model cannot be exported.",
+    )
 
     # --- router ------------------------------------------------------------------------------
     routes_file: Path | None = Field(
@@ -158,6 +173,12 @@ class Settings(BaseSettings):
     ui_users: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated user:password pairs; set, the web UI asks for a login."
     )
+    restricted_collections: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="JSON object: collection -> callers allowed to read and upload to it (owner ids as GET /v1/me "
+        "shows them, e.g. 'user:alice', 'ui:bob', 'key:1f2e...'; a bare name matches user:NAME and ui:NAME). "
+        "Other callers never see its passages; collections not named are open to every caller.",
+    )
 
     @field_validator("chunk_overlap")
     @classmethod
@@ -183,6 +204,16 @@ class Settings(BaseSettings):
             user, sep, password = str(pair).partition(":")
             if not sep or not user.strip() or not password:
                 raise ValueError("each entry must be user:password")
+        return value
+
+    @field_validator("restricted_collections")
+    @classmethod
+    def _restricted_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, owners in value.items():
+            if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 100:
+                raise ValueError(f"collection name {name!r}: use letters, digits, '-' and '_' only")
+            if not all(isinstance(o, str) and o.strip() for o in owners):
+                raise ValueError(f"collection {name!r}: owners must be non-empty strings")
         return value
 
     @field_validator("default_collection")

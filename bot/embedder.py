@@ -1,6 +1,6 @@
 """The one embedder configuration a process uses, for documents, queries and router examples alike.
 
-Chunks, queries and the router's classifier must share a model and its settings (int8 or not);
+Chunks, queries and the router's classifier must share a model and its settings (backend, int8 or not);
 building it in one place keeps the CLI, the app and the tests from drifting apart.
 """
 
@@ -23,6 +23,8 @@ def configured_embedder(settings: Settings):
         device=settings.device,
         batch_size=settings.embed_batch_size,
         quantize=settings.embedding_quantize,
+        backend=settings.embedding_backend,
+        cache_dir=settings.model_cache_dir / "onnx",
     )
     if embedder.dim != settings.embedding_dim:
         raise ValueError(

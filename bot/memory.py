@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import warnings
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_OWNER_CHARS = 200
 SUMMARY_MAX_CHARS = 1500
+MAX_PENDING_TURNS = 1000  # turns answered while the database was down, held in this process until it returns
 
 
 class SessionNotFound(LookupError):
@@ -115,18 +119,73 @@ def fold_into_summary(summary: str, old: Sequence[StoredMessage], max_chars: int
     return "\n".join(lines)
 
 
+@dataclass
+class PendingTurn:
+    """A turn answered while the database was down: written, in order, by the first call that reaches it again."""
+
+    session_id: str
+    owner: str
+    user_text: str
+    answer: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 class MemoryStore:
-    """Sessions and messages over a psycopg pool. Thread-safe: each call takes its own pooled connection."""
+    """Sessions and messages over a psycopg pool. Thread-safe: each call takes its own pooled connection.
+
+    Turns answered during a database outage wait in `pending` (this process only, at most MAX_PENDING_TURNS)
+    and are written before anything else the next time a call gets a connection, so the session's order holds.
+    """
 
     def __init__(self, pool: ConnectionPool, *, window_turns: int = 6) -> None:
         self.pool = pool
         self.window_turns = window_turns
+        self.pending: deque[PendingTurn] = deque()
+        self._pending_lock = threading.Lock()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection, after writing any turns held back during an outage."""
+        with self.pool.connection() as conn:
+            if self.pending:
+                self._flush_pending(conn)
+            yield conn
+
+    def defer_turn(self, session_id: str, owner: str, user_text: str, answer: str, **extra: Any) -> bool:
+        """Hold a turn that could not be saved; False when the queue is full (the turn is then lost: say so)."""
+        _check_owner(owner)
+        with self._pending_lock:
+            if len(self.pending) >= MAX_PENDING_TURNS:
+                log.error("%d turns already wait for the database: turn of session %s not kept", len(self.pending),
+                          session_id)  # fmt: skip
+                return False
+            self.pending.append(PendingTurn(session_id, owner, user_text, answer, extra))
+        return True
+
+    def _flush_pending(self, conn: Any) -> None:
+        from bot.db.connection import is_unavailable
+
+        with self._pending_lock:
+            while self.pending:
+                turn = self.pending[0]
+                try:
+                    with conn.transaction():
+                        self._insert_turn(conn, turn.session_id, turn.owner, turn.user_text, turn.answer,
+                                          **turn.extra)  # fmt: skip
+                    log.info("saved a turn held back during a database outage (session %s)", turn.session_id)
+                except SessionNotFound:  # deleted meanwhile (or never this owner's): nothing to attach it to
+                    log.warning("dropping a held-back turn: session %s no longer exists", turn.session_id)
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        raise  # still down: keep it for the next call
+                    log.error("dropping a held-back turn of session %s: %s", turn.session_id, exc)
+                self.pending.popleft()
 
     # --- sessions ----------------------------------------------------------------------------
     def create_session(self, owner: str, title: str = "") -> str:
         _check_owner(owner)
         session_id = new_session_id()
-        with self.pool.connection() as conn:
+        with self._connection() as conn:
             conn.execute(
                 "INSERT INTO sessions (id, owner, title) VALUES (%s, %s, %s)", (session_id, owner, title[:200])
             )
@@ -134,7 +193,7 @@ class MemoryStore:
 
     def get_session(self, session_id: str, owner: str) -> SessionInfo:
         _check_owner(owner)
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 "SELECT s.*, (SELECT count(*) FROM messages m WHERE m.session_id = s.id AND m.role = 'user') AS turns"
                 " FROM sessions s WHERE s.id = %s AND s.owner = %s",
@@ -147,7 +206,7 @@ class MemoryStore:
 
     def list_sessions(self, owner: str, limit: int = 100) -> list[SessionInfo]:
         _check_owner(owner)
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 "SELECT s.*, (SELECT count(*) FROM messages m WHERE m.session_id = s.id AND m.role = 'user') AS turns"
                 " FROM sessions s WHERE s.owner = %s ORDER BY s.updated_at DESC LIMIT %s",
@@ -157,14 +216,14 @@ class MemoryStore:
 
     def delete_session(self, session_id: str, owner: str) -> None:
         _check_owner(owner)
-        with self.pool.connection() as conn:
+        with self._connection() as conn:
             deleted = conn.execute("DELETE FROM sessions WHERE id = %s AND owner = %s", (session_id, owner)).rowcount
         if not deleted:
             raise SessionNotFound(f"session {session_id!r}: not found")
 
     def clear_session(self, session_id: str, owner: str) -> None:
         _check_owner(owner)
-        with self.pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             if not conn.execute(
                 "UPDATE sessions SET summary = '', summary_turns = 0, updated_at = now() WHERE id = %s AND owner = %s",
                 (session_id, owner),
@@ -176,7 +235,7 @@ class MemoryStore:
     def messages(self, session_id: str, owner: str, *, after_turn: int = 0) -> list[StoredMessage]:
         """All messages of the session (after `after_turn`), oldest first; SessionNotFound for another owner."""
         _check_owner(owner)
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT 1 FROM sessions WHERE id = %s AND owner = %s", (session_id, owner))
             if cur.fetchone() is None:
                 raise SessionNotFound(f"session {session_id!r}: not found")
@@ -200,7 +259,7 @@ class MemoryStore:
             keep_from = turns[-self.window_turns]
             old = [m for m in recent if m.turn < keep_from]
             summary = fold_into_summary(summary, old)
-            with self.pool.connection() as conn:
+            with self._connection() as conn:
                 conn.execute(
                     "UPDATE sessions SET summary = %s, summary_turns = %s WHERE id = %s AND owner = %s"
                     " AND summary_turns < %s",
@@ -228,28 +287,47 @@ class MemoryStore:
         The session row is locked first, so two concurrent turns of one session get consecutive numbers.
         """
         _check_owner(owner)
-        with self.pool.connection() as conn, conn.transaction():
-            row = conn.execute(
-                "SELECT title FROM sessions WHERE id = %s AND owner = %s FOR UPDATE", (session_id, owner)
-            ).fetchone()
-            if row is None:
-                raise SessionNotFound(f"session {session_id!r}: not found")
-            turn = conn.execute(
-                "SELECT coalesce(max(turn), 0) + 1 FROM messages WHERE session_id = %s", (session_id,)
-            ).fetchone()[0]
-            base = (session_id, turn)
-            conn.execute(
-                "INSERT INTO messages (session_id, turn, role, content, route, adapter)"
-                " VALUES (%s, %s, 'user', %s, %s, %s)",
-                (*base, user_text, route, adapter),
-            )
-            conn.execute(
-                "INSERT INTO messages (session_id, turn, role, content, route, confidence, reason, sources,"
-                " adapter, timings) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s, %s, %s)",
-                (*base, answer, route, confidence, reason, Jsonb(sources or []), adapter, Jsonb(timings or {})),
-            )
-            title = row[0] or _first_sentence(user_text, 60)
-            conn.execute("UPDATE sessions SET updated_at = now(), title = %s WHERE id = %s", (title, session_id))
+        extra = {"route": route, "confidence": confidence, "reason": reason, "sources": sources, "adapter": adapter,
+                 "timings": timings}  # fmt: skip
+        with self._connection() as conn, conn.transaction():
+            return self._insert_turn(conn, session_id, owner, user_text, answer, **extra)
+
+    def _insert_turn(
+        self,
+        conn: Any,
+        session_id: str,
+        owner: str,
+        user_text: str,
+        answer: str,
+        *,
+        route: str | None = None,
+        confidence: float | None = None,
+        reason: str | None = None,
+        sources: list[dict[str, Any]] | None = None,
+        adapter: str | None = None,
+        timings: dict[str, Any] | None = None,
+    ) -> int:
+        """The two rows of one turn, inside the caller's transaction."""
+        row = conn.execute(
+            "SELECT title FROM sessions WHERE id = %s AND owner = %s FOR UPDATE", (session_id, owner)
+        ).fetchone()
+        if row is None:
+            raise SessionNotFound(f"session {session_id!r}: not found")
+        turn = conn.execute("SELECT coalesce(max(turn), 0) + 1 FROM messages WHERE session_id = %s",
+                            (session_id,)).fetchone()[0]  # fmt: skip
+        base = (session_id, turn)
+        conn.execute(
+            "INSERT INTO messages (session_id, turn, role, content, route, adapter)"
+            " VALUES (%s, %s, 'user', %s, %s, %s)",
+            (*base, user_text, route, adapter),
+        )
+        conn.execute(
+            "INSERT INTO messages (session_id, turn, role, content, route, confidence, reason, sources,"
+            " adapter, timings) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s, %s, %s)",
+            (*base, answer, route, confidence, reason, Jsonb(sources or []), adapter, Jsonb(timings or {})),
+        )
+        title = row[0] or _first_sentence(user_text, 60)
+        conn.execute("UPDATE sessions SET updated_at = now(), title = %s WHERE id = %s", (title, session_id))
         return turn
 
 

@@ -14,7 +14,9 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from knowledge.loaders import LoadedDocument
 
-_SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
+# No "" (cut anywhere) at the end: LangChain's character-level fallback is quadratic in the overlap (46 s for a
+# 1 MB run without spaces); a piece still over the size is cut into overlapping windows by `_windows` instead.
+_SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " "]
 
 
 @dataclass
@@ -52,7 +54,8 @@ def chunk_document(doc: LoadedDocument, chunk_size: int = 1000, chunk_overlap: i
     )
     chunks: list[Chunk] = []
     for section in doc.sections:
-        for start, end in _spans(section.text, splitter, min_chars=min(200, chunk_size // 4)):
+        spans = _spans(section.text, splitter, min_chars=min(200, chunk_size // 4))
+        for start, end in _windows(section.text, spans, chunk_size, chunk_overlap):
             stripped = section.text[start:end]
             start += section.offset
             chunks.append(
@@ -87,3 +90,23 @@ def _spans(text: str, splitter: RecursiveCharacterTextSplitter, min_chars: int) 
             continue
         merged.append((start, end))
     return merged
+
+
+def _windows(text: str, spans: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
+    """Spans over `size` (a long run with no separator) cut into windows of `size` that overlap by `overlap`."""
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        if end - start <= size:
+            out.append((start, end))
+            continue
+        position = start
+        while position < end:
+            stop = min(position + size, end)
+            piece = text[position:stop]
+            lead = len(piece) - len(piece.lstrip())
+            if piece.strip():
+                out.append((position + lead, position + len(piece.rstrip())))
+            if stop == end:
+                break
+            position = stop - overlap
+    return out

@@ -112,14 +112,27 @@ def load_file(path: Path) -> list[LoadedDocument]:
         title = title or _first_heading(sections) or path.stem
         metadata = {"type": suffix[1:]}
         docs = [LoadedDocument(source=source, title=title, sha256=sha, sections=sections, metadata=metadata)]
-    for doc in docs:  # PostgreSQL text cannot hold NUL; some PDFs and JSON records carry them
-        doc.sections = [s for s in doc.sections if s.text.strip()]
+    for doc in docs:  # PostgreSQL text and jsonb cannot hold NUL; some PDFs and JSON records carry them
+        doc.title = doc.title.replace("\x00", "")
+        doc.metadata = _without_nul(doc.metadata)
         for section in doc.sections:
             section.text = section.text.replace("\x00", "")
+            section.heading = section.heading.replace("\x00", "")
+        doc.sections = [s for s in doc.sections if s.text.strip()]
     docs = [d for d in docs if d.sections]
     if not docs:
         raise LoadError("no extractable text")
     return docs
+
+
+def _without_nul(value: object) -> object:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {str(_without_nul(k)): _without_nul(v) for k, v in value.items()}
+    return value
 
 
 def file_sha256(path: Path) -> str:

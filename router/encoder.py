@@ -4,6 +4,8 @@
 intra-op threads and BLAS threads fight each other: one short message then costs 12-100 ms. Running the
 same model's forward pass directly, on one torch thread, keeps it near 10 ms and gives the same vector
 (cosine 1.0). The thread count is restored after each call so generation elsewhere keeps its threads.
+An embedder on the ONNX Runtime backend needs none of this: its `embed_query` already runs one text on a
+single-thread session with little per-call overhead, so the encoder calls it directly.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ class QueryEncoder:
         self.threads = threads
         self.name = str(getattr(embedder, "name", type(embedder).__name__))
         model = getattr(embedder, "model", None)
-        self._st = model if model is not None and hasattr(model, "forward") and _can_preprocess(model) else None
+        on_torch = getattr(embedder, "backend", "torch") == "torch"
+        self._st = (
+            model if on_torch and model is not None and hasattr(model, "forward") and _can_preprocess(model) else None
+        )
 
     def encode(self, text: str) -> np.ndarray:
         if self._st is None:

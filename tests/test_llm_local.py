@@ -78,7 +78,9 @@ def generator(adapter_sources: dict[str, Path]) -> Iterator[LocalGenerator]:
     (adapters_dir / "notes").mkdir()  # not an adapter: ignored
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two OpenMP threads spin-wait badly when the two cores are shared with others
-    settings = load_settings(home=LLM_HOME, device="cpu", generator_dtype="float32", max_new_tokens=NEW)
+    settings = load_settings(
+        home=LLM_HOME, device="cpu", generator_dtype="float32", max_new_tokens=NEW, generator_threads=1
+    )
     built = create_generator(settings)
     assert isinstance(built, LocalGenerator)
     yield built
@@ -254,3 +256,37 @@ def test_auto_load_warns_about_foreign_adapter(generator: LocalGenerator, tmp_pa
     with caplog.at_level(logging.WARNING, logger="bot.llm.local"):
         assert generator.load_adapters_from(tmp_path) == []
     assert "skipping adapter foreign2" in caplog.text and "another base model" in caplog.text
+
+
+def test_cached_load_is_the_same_model_as_from_pretrained(generator: LocalGenerator) -> None:
+    """The warm-start shortcut (meta device + assigned safetensors) must not change a single logit."""
+    import torch
+
+    from bot.llm.loading import _cache_dir_for, _load_pretrained
+
+    cached = _cache_dir_for(generator.loaded.location, LLM_HOME / "models")
+    reference, _ = _load_pretrained(str(cached), None, torch.float32)
+    fast = load_base_model("smollm2", LLM_HOME / "models", device="cpu", dtype="float32")
+    assert fast.from_cache
+    assert fast.model.generation_config.eos_token_id == reference.generation_config.eos_token_id
+    assert fast.model.lm_head.weight.data_ptr() == fast.model.model.embed_tokens.weight.data_ptr()  # still tied
+    ids = torch.tensor([generator.render(QUESTION)])
+    with torch.inference_mode():
+        assert torch.equal(fast.model(ids).logits, reference.eval()(ids).logits)
+
+
+def test_generation_runs_on_its_configured_threads(generator: LocalGenerator) -> None:
+    """Other code in the process (the embedder) changes torch's thread count; generation sets its own."""
+    import torch
+
+    seen: list[int] = []
+
+    def worker() -> None:
+        torch.set_num_threads(2 if generator.threads == 1 else 1)
+        generator.generate(QUESTION, max_new_tokens=2)
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [generator.threads]

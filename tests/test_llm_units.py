@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from bot.llm.adapters import check_adapter_name, find_adapter_dirs, read_adapter_config
 from bot.llm.context import fit_messages
-from bot.llm.local import resolve_dtype
+from bot.llm.local import default_threads, resolve_dtype
 from bot.llm.streaming import StopFilter, iterate_in_thread
 from bot.llm.types import ContextOverflow
 
@@ -140,3 +141,12 @@ def test_iterate_in_thread_reraises_errors() -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         asyncio.run(drain())
+
+
+def test_generator_threads_come_from_the_setting_then_omp_then_the_cores(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")  # what the embedder sets; must not leak into generation
+    assert default_threads(5) == 5
+    assert default_threads(None) == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads(None) == len(os.sched_getaffinity(0))

@@ -20,12 +20,15 @@ from langchain_core.runnables import RunnableBranch, RunnableLambda
 from bot.conversation.condense import condense_query
 from bot.conversation.prompts import (
     NOT_FOUND,
+    WITHHELD,
     knowledge_prompt,
+    leaks_system_prompt,
     skill_prompt,
     skill_request,
     summary_block,
     trim_snippet,
 )
+from bot.db.connection import is_unavailable
 from bot.memory import MemoryStore, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,11 @@ log = logging.getLogger(__name__)
 # Override with RAGTUNE_MIN_RELEVANCE for other documents or another embedder.
 DEFAULT_MIN_SCORE = 0.25
 DEFAULT_SOURCES = 3
+# Shown (first clause of the route reason, so the UI badge carries it) when PostgreSQL is unreachable: the turn is
+# answered on the skill path without memory or documents, and held in the process until the database returns.
+DB_NOTICE = "memory and documents are unavailable right now; answering without them"
+DB_SAVE_LATER = "this turn will be saved when the database is back"
+DB_NOT_SAVED = "this turn could not be saved"
 
 
 @dataclass
@@ -61,6 +69,7 @@ class TurnStart:
     sources: list[dict[str, Any]]
     not_found: bool
     query: str | None
+    notice: str | None = None
 
 
 @dataclass
@@ -82,6 +91,7 @@ class TurnDone:
     not_found: bool
     timings: dict[str, float] = field(default_factory=dict)
     finish_reason: str = "stop"
+    notice: str | None = None  # set when the database was unreachable: what the user missed and whether it was saved
 
     def badge(self) -> str:
         return badge_text(self.route, self.confidence, self.reason, self.adapter)
@@ -200,10 +210,22 @@ class Conversation:
         if state.get("history") is not None:  # an API caller that sent its own history (stateless client)
             state["summary"], state["recent"] = "", list(state["history"])
         else:
-            context = self.memory.context(state["session_id"], state["owner"])
-            state["summary"], state["recent"] = context.summary, context.messages
+            try:
+                context = self.memory.context(state["session_id"], state["owner"])
+                state["summary"], state["recent"] = context.summary, context.messages
+            except Exception as exc:
+                self._database_down(state, exc)
+                state["summary"], state["recent"] = "", []
         state["timings"]["memory_ms"] = (time.perf_counter() - started) * 1000
         return state
+
+    @staticmethod
+    def _database_down(state: dict, exc: Exception) -> None:
+        """Note an unreachable database for the rest of the turn; any other error is re-raised."""
+        if not is_unavailable(exc):
+            raise exc
+        log.warning("database unavailable, answering without memory or documents: %s", exc)
+        state["db_down"] = True
 
     def _probe(self, state: dict) -> dict:
         """Search the message as written, so the router can weigh how well the documents match it.
@@ -212,14 +234,19 @@ class Conversation:
         strong match. The hits are reused when the condensed query turns out to be the same text.
         """
         options: TurnOptions = state["options"]
-        if self.store is None or self.router is None or options.adapter or options.route:
+        if self.store is None or self.router is None or options.adapter or options.route or state.get("db_down"):
             return state
         started = time.perf_counter()
-        collection = options.collection or self.default_collection
+        collection = self._collection(options)
         vector = self._shared_message_vector(state["message"])
-        hits = self.store.search(
-            state["message"], collection=collection, k=max(self.sources_k, 1), mode=self.search_mode, embedding=vector
-        )
+        try:
+            hits = self.store.search(
+                state["message"], collection=collection, k=max(self.sources_k, 1), mode=self.search_mode,
+                embedding=vector,
+            )  # fmt: skip
+        except Exception as exc:
+            self._database_down(state, exc)
+            return state
         state["message_vector"] = vector
         state["probe"] = (state["message"], collection, hits)
         state["retrieval_strength"] = max((float(h.score) for h in hits), default=0.0)
@@ -283,19 +310,27 @@ class Conversation:
             choice["retrieve"] = True
         state.update(choice)
         state["retrieve"] = bool(state["retrieve"]) and self.store is not None
+        if state.get("db_down"):
+            self._degrade(state)
         state["timings"]["route_ms"] = (time.perf_counter() - started) * 1000
         return state
 
     def _retrieve(self, state: dict) -> dict:
         started = time.perf_counter()
         options: TurnOptions = state["options"]
-        collection = options.collection or state.get("collection") or self.default_collection
+        collection = self._collection(options, state.get("collection"))
         query = condense_query(state["message"], state["recent"])
         probe = state.get("probe")
         if probe is not None and probe[0] == query and probe[1] == collection:
             hits = probe[2]
         else:
-            hits = self.store.search(query, collection=collection, k=max(self.sources_k, 1), mode=self.search_mode)
+            try:
+                hits = self.store.search(query, collection=collection, k=max(self.sources_k, 1), mode=self.search_mode)
+            except Exception as exc:
+                self._database_down(state, exc)
+                self._degrade(state)
+                state["timings"]["retrieve_ms"] = (time.perf_counter() - started) * 1000
+                return state
         best = max((float(h.score) for h in hits), default=0.0)
         state["query"], state["best_score"] = query, best
         state["sources"] = [public_source(n, hit) for n, hit in enumerate(hits[: self.sources_k], start=1)]
@@ -304,6 +339,28 @@ class Conversation:
             state["sources"] = []
         state["timings"]["retrieve_ms"] = (time.perf_counter() - started) * 1000
         return state
+
+    def _collection(self, options: TurnOptions, route_collection: str | None = None) -> str | list[str] | None:
+        """The collection to search: the caller's pick, else the route's, else the default (None: all of them).
+
+        A list in `options.collection` is what the caller may read (access control), not a pick: a route's own
+        collection is searched only when it is on that list, and nothing otherwise.
+        """
+        if isinstance(options.collection, (list, tuple)):
+            if route_collection:
+                return route_collection if route_collection in options.collection else [""]
+            return list(options.collection)
+        return options.collection or route_collection or self.default_collection
+
+    @staticmethod
+    def _degrade(state: dict) -> None:
+        """No database: answer on the skill path (same adapter, if any) and say so first in the reason."""
+        if state["action"] == "knowledge":
+            state["route"], state["action"] = "skill", "skill"
+        state["retrieve"], state["sources"], state["not_found"] = False, [], False
+        state["confidence"], state["fallback"] = 0.0, True
+        state["reason"] = f"{DB_NOTICE}. {state.get('reason') or ''}".strip()
+        state["notice"] = DB_NOTICE
 
     def _knowledge_messages(self, state: dict) -> dict:
         from bot.conversation.prompts import format_sources
@@ -401,7 +458,7 @@ class Conversation:
             session_id=session_id, route=state["route"], action=state["action"], adapter=state["adapter"],
             confidence=state["confidence"], reason=state["reason"], fallback=bool(state["fallback"]),
             sources=[{k: v for k, v in s.items() if k != "text"} for s in state["sources"]],
-            not_found=state["not_found"], query=state["query"],
+            not_found=state["not_found"], query=state["query"], notice=state.get("notice"),
         )  # fmt: skip
         parts: list[str] = []
         generate_started = time.perf_counter()
@@ -410,10 +467,17 @@ class Conversation:
             timings["ttft_s"] = time.perf_counter() - started
             yield Token(NOT_FOUND)
         else:
-            for piece in self._stream_answer(state["prompt"], state["adapter"], options):
+            pieces = self._stream_answer(state["prompt"], state["adapter"], options)
+            for piece in pieces:
                 if not parts:
                     timings["ttft_s"] = time.perf_counter() - started
                 parts.append(piece)
+                if leaks_system_prompt("".join(parts)):  # an injected "reveal your prompt" worked: stop it here
+                    pieces.close()
+                    log.warning("session %s: answer began to echo the system prompt; withheld", session_id)
+                    parts = [WITHHELD]
+                    yield Token("\n" + WITHHELD)
+                    break
                 yield Token(piece)
         timings["generate_s"] = time.perf_counter() - generate_started
         answer = "".join(parts).strip()
@@ -422,15 +486,27 @@ class Conversation:
             timings["best_score"] = state["best_score"]
         timings = {k: round(float(v), 4) for k, v in timings.items()}
         sources = [{k: v for k, v in s.items() if k != "text"} for s in state["sources"]]
-        turn = self.memory.save_turn(
-            session_id, owner, message, answer, route=state["route"], confidence=state["confidence"],
-            reason=state["reason"], sources=sources, adapter=state["adapter"], timings=timings,
-        )  # fmt: skip
+        record = dict(route=state["route"], confidence=state["confidence"], reason=state["reason"], sources=sources,
+                      adapter=state["adapter"], timings=timings)  # fmt: skip
+        turn, notice = self._save(state, session_id, owner, message, answer, record)
         yield TurnDone(
             session_id=session_id, turn=turn, answer=answer, route=state["route"], action=state["action"],
             adapter=state["adapter"], confidence=state["confidence"], reason=state["reason"], sources=sources,
-            not_found=state["not_found"], timings=timings,
+            not_found=state["not_found"], timings=timings, notice=notice,
         )  # fmt: skip
+
+    def _save(
+        self, state: dict, session_id: str, owner: str, message: str, answer: str, record: dict[str, Any]
+    ) -> tuple[int, str | None]:
+        """Store the turn; with the database down, hold it for later (turn 0) and say so in the notice."""
+        if not state.get("db_down"):
+            try:
+                return self.memory.save_turn(session_id, owner, message, answer, **record), None
+            except Exception as exc:
+                self._database_down(state, exc)
+        kept = hasattr(self.memory, "defer_turn") and self.memory.defer_turn(session_id, owner, message, answer,
+                                                                             **record)  # fmt: skip
+        return 0, f"{state.get('notice') or DB_NOTICE}; {DB_SAVE_LATER if kept else DB_NOT_SAVED}"
 
     def ask(self, session_id: str, owner: str, message: str, options: TurnOptions | None = None) -> TurnDone:
         """The whole turn at once (CLI scripts, tests)."""

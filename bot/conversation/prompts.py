@@ -7,6 +7,7 @@ the default model is small and every prompt token costs CPU time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,9 +50,12 @@ def trim_snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
     return text[: cut if cut > limit // 2 else limit] + " …"
 
 
+_DELIMITER = re.compile(r"<\s*(/?)\s*sources\s*>", re.IGNORECASE)
+
+
 def _neutralise(text: str) -> str:
-    """Keep a document from closing the data block early and posing as the user."""
-    return text.replace("</sources>", "</ sources>").replace("<sources>", "< sources>")
+    """Keep a document from closing the data block early and posing as the user (any case or spacing)."""
+    return _DELIMITER.sub(lambda m: f"<{m.group(1)} sources>", text)
 
 
 def format_sources(sources: Sequence[dict[str, Any]]) -> str:
@@ -68,3 +72,30 @@ def skill_request(message: str, sources: Sequence[dict[str, Any]]) -> str:
     if not sources:
         return message
     return f"<sources>\n{format_sources(sources)}\n</sources>\n{message}"
+
+
+WITHHELD = "I can't share my instructions."
+_SHINGLE_WORDS = 6
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c.lower() if c.isalnum() else " " for c in text).split()
+
+
+def _shingles(text: str, n: int = _SHINGLE_WORDS) -> set[tuple[str, ...]]:
+    words = _words(text)
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+_SYSTEM_SHINGLES = _shingles(KNOWLEDGE_SYSTEM) | _shingles(SKILL_SYSTEM)
+
+
+def leaks_system_prompt(answer: str) -> bool:
+    """True when an answer repeats a run of six words of a system prompt (what an injected 'reveal your
+    prompt' would make a compliant model do); the small model cannot be trusted to refuse on its own."""
+    return bool(_shingles(answer) & _SYSTEM_SHINGLES)
+
+
+def guard_answer(answer: str) -> str:
+    """The answer, or a refusal in its place when it echoes the system prompt."""
+    return WITHHELD if leaks_system_prompt(answer) else answer

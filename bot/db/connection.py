@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from pgvector.psycopg import register_vector
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 
 from bot.config import Settings
 from bot.db import server
@@ -22,6 +22,27 @@ log = logging.getLogger(__name__)
 
 class DatabaseUnavailable(RuntimeError):
     """PostgreSQL cannot be reached or refused the connection."""
+
+
+# What a call sees when the server goes away: no pooled connection within the timeout, or a connection that
+# broke mid-query (OperationalError covers "server closed the connection" and "connection refused").
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    DatabaseUnavailable,
+    PoolTimeout,
+    TooManyRequests,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+
+# Seconds the pool keeps retrying one lost connection before giving it up; the next request then starts a fresh
+# attempt at once. psycopg_pool's default (300 s, doubling delays) would leave the app up to a minute late in
+# noticing that the server is back.
+RECONNECT_TIMEOUT_S = 5.0
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` means "the database is not there right now" rather than a bug or bad input."""
+    return isinstance(exc, UNAVAILABLE_ERRORS)
 
 
 def redact(url: str) -> str:
@@ -87,12 +108,18 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Database:
     if migrate:
         with connect(url, settings.connect_timeout_s) as conn:
             run_migrations(conn, embedding_dim=settings.embedding_dim)
+    # `check` pings each connection as it leaves the pool, so one broken by a database restart is replaced
+    # instead of failing the request; `timeout` bounds how long a request waits for a connection while the
+    # server is down (the default 30 s would hang every turn).
     pool = ConnectionPool(
         url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
-        kwargs={"connect_timeout": max(1, int(settings.connect_timeout_s))},
+        kwargs={"connect_timeout": max(2, int(settings.connect_timeout_s))},
         configure=_configure,
+        check=ConnectionPool.check_connection,
+        timeout=settings.connect_timeout_s,
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
         open=False,
         name="ragtune",
     )

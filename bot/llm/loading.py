@@ -3,6 +3,11 @@
 De-quantising the packaged GGUF takes ~17 s; the cached copy reloads in well under a second.
 `save_pretrained` refuses a GGUF-loaded model until its quantizer bookkeeping is dropped, which
 is done here once, right after the first load.
+
+The cached copy is loaded without `from_pretrained`: the model is built on the meta device and the
+safetensors tensors are assigned to it as they are (`_assign_cached_weights`). `from_pretrained`'s
+weight-conversion machinery and initialisation cost more than reading the file; the result is the same
+model with the same tensors (a test compares logits with `from_pretrained`'s).
 """
 
 from __future__ import annotations
@@ -65,6 +70,54 @@ def _load_pretrained(name_or_path: str, gguf_file: str | None, dtype: Any) -> tu
     return model, tokenizer
 
 
+def _assign_cached_weights(directory: Path, dtype: Any) -> Any | None:
+    """The model in `directory` (one `model.safetensors`) built on the meta device with the file's tensors
+    assigned; None when this shortcut does not apply (sharded or missing weights, keys that do not match,
+    a buffer it cannot rebuild), and the caller uses `from_pretrained`."""
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        return None
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = AutoConfig.from_pretrained(directory)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = load_file(str(weights))
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            state[key] = tensor.to(dtype)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if result.unexpected_keys or set(result.missing_keys) - tied:
+        log.info("cached weights do not match %s exactly; using from_pretrained", type(model).__name__)
+        return None
+    model.tie_weights()
+    for module in model.modules():  # non-persistent buffers (rotary frequencies) are computed, not stored
+        if any(buffer.is_meta for buffer in module.buffers(recurse=False)):
+            try:
+                rebuilt = type(module)(config=config)
+            except TypeError:
+                return None
+            for name, buffer in rebuilt.named_buffers(recurse=False):
+                setattr(module, name, buffer)
+    if any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers()):
+        return None
+    if (directory / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(directory)
+    return model
+
+
+def _load_cached(directory: Path, dtype: Any) -> tuple[Any, Any]:
+    model = _assign_cached_weights(directory, dtype)
+    if model is None:
+        return _load_pretrained(str(directory), None, dtype)
+    from transformers import AutoTokenizer
+
+    return model, AutoTokenizer.from_pretrained(directory)
+
+
 def _save_cache(model: Any, tokenizer: Any, target: Path) -> None:
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None
@@ -89,7 +142,7 @@ def load_base_model(spec: str, cache_root: Path, *, device: str = "auto", dtype:
     if location.gguf_file:
         cached = _cache_dir_for(location, cache_root)
         if (cached / "config.json").is_file():
-            model, tokenizer = _load_pretrained(str(cached), None, torch_dtype)
+            model, tokenizer = _load_cached(cached, torch_dtype)
             from_cache = True
         else:
             log.info("de-quantising %s (first start only)", location.label)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import anyio.to_thread
 import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -19,6 +20,10 @@ from bot.server.auth import ui_credentials
 from bot.server.ui import CSS, build_ui
 
 log = logging.getLogger(__name__)
+
+# Chat requests wait in worker threads for the one local model; with anyio's default of 40 threads, 40 queued
+# chats would also block session reads and health checks. A waiting thread costs little, so allow many.
+WORKER_THREADS = 256
 
 
 def create_app(services: Services) -> FastAPI:
@@ -37,6 +42,13 @@ def create_app(services: Services) -> FastAPI:
         if "x-frame-options" in response.headers:
             del response.headers["x-frame-options"]
         return response
+
+    @app.middleware("http")
+    async def _enough_worker_threads(request: Request, call_next):
+        limiter = anyio.to_thread.current_default_thread_limiter()  # per event loop, so set it from inside one
+        if limiter.total_tokens < WORKER_THREADS:
+            limiter.total_tokens = WORKER_THREADS
+        return await call_next(request)
 
     app.include_router(build_router(services))
     blocks = build_ui(services)

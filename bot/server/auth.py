@@ -63,3 +63,64 @@ def ui_credentials(settings: Settings) -> list[tuple[str, str]] | None:
     if not settings.ui_users:
         return None
     return [tuple(pair.split(":", 1)) for pair in settings.ui_users]  # type: ignore[misc]
+
+
+def may_use_collection(owner: str, collection: str, settings: Settings) -> bool:
+    """Whether this owner may read or upload to the collection: unnamed collections are open to everyone.
+
+    An entry of `restricted_collections` is an owner id ('user:alice', 'ui:bob', 'key:<hash>', 'local') or a
+    bare name, which matches that name from the portal header or the UI login.
+    """
+    allowed = settings.restricted_collections.get(collection)
+    if allowed is None:
+        return True
+    kind, _, name = owner.partition(":")
+    return owner in allowed or (kind in ("user", "ui") and name in allowed)
+
+
+def denied_collections(owner: str, settings: Settings) -> set[str]:
+    return {name for name in settings.restricted_collections if not may_use_collection(owner, name, settings)}
+
+
+NO_COLLECTION = ""  # a collection filter that matches nothing: stored names are never empty
+
+
+def readable_collections(
+    owner: str, requested: str | None, all_names: list[str], settings: Settings
+) -> str | list[str] | None:
+    """What a search for this owner may read: the requested name, the allowed names, or None for all of them.
+
+    Raises LookupError when the owner asked for a collection they may not read, so the caller can answer
+    'not found' without saying that it exists.
+    """
+    if requested:
+        if not may_use_collection(owner, requested, settings):
+            raise LookupError(requested)
+        return requested
+    denied = denied_collections(owner, settings)
+    if not denied:
+        return None
+    return [name for name in all_names if name not in denied] or [NO_COLLECTION]
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Strings that must never reach a log line or a client: API keys, UI passwords, the remote key, DB password."""
+    from urllib.parse import urlsplit
+
+    values = [*settings.api_keys, *(pair.split(":", 1)[1] for pair in settings.ui_users)]
+    if settings.openai_api_key:
+        values.append(settings.openai_api_key)
+    if settings.database_url:
+        try:
+            password = urlsplit(settings.database_url).password
+        except ValueError:
+            password = None
+        if password:
+            values.append(password)
+    return [v for v in values if len(v) >= 4]
+
+
+def redact(text: str, settings: Settings) -> str:
+    for value in sorted(secret_values(settings), key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text

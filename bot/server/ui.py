@@ -11,6 +11,7 @@ import contextlib
 import html
 import logging
 import re
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from typing import Any
 import gradio as gr
 
 from bot.conversation import Token, TurnDone, TurnOptions, TurnStart, badge_text
+from bot.conversation.prompts import guard_answer
 from bot.conversation.services import Services
 from bot.memory import SessionNotFound, StoredMessage
-from bot.server.auth import ui_owner
+from bot.server.auth import may_use_collection, readable_collections, redact, ui_owner
 
 log = logging.getLogger(__name__)
 
@@ -109,19 +111,21 @@ def build_ui(services: Services) -> gr.Blocks:
     def session_choices(owner: str) -> list[tuple[str, str]]:
         return [(f"{s.title or 'new conversation'} ({s.turns})", s.id) for s in memory.list_sessions(owner)]
 
-    def collection_choices() -> list[str]:
+    def all_collections() -> list[str]:
         try:
-            names = [getattr(c, "name", str(c)) for c in services.store.list_collections()]
+            return [getattr(c, "name", str(c)) for c in services.store.list_collections()]
         except Exception:  # the store is optional in a degraded start
-            names = []
-        return [ALL_COLLECTIONS, *names]
+            return []
+
+    def collection_choices(owner: str) -> list[str]:
+        return [ALL_COLLECTIONS, *(n for n in all_collections() if may_use_collection(owner, n, settings))]
 
     def on_load(request: gr.Request):
         owner = owner_of(request)
         return (
             gr.update(choices=session_choices(owner), value=None),
             gr.update(choices=[AUTO, *conversation.adapters()], value=AUTO),
-            gr.update(choices=collection_choices(), value=ALL_COLLECTIONS),
+            gr.update(choices=collection_choices(owner), value=ALL_COLLECTIONS),
         )
 
     def new_session(request: gr.Request):
@@ -147,7 +151,7 @@ def build_ui(services: Services) -> gr.Blocks:
         message: str, session_id: str | None, adapter: str, collection: str, chat: list, request: gr.Request
     ) -> Iterator[tuple]:
         owner = owner_of(request)
-        message = (message or "").strip()
+        message = (message or "").replace("\x00", "").strip()
         if not message:
             yield chat, "", session_id, gr.update()
             return
@@ -157,10 +161,15 @@ def build_ui(services: Services) -> gr.Blocks:
             return
         if not session_id:
             session_id = memory.create_session(owner)
-        options = TurnOptions(
-            adapter=None if adapter in (None, AUTO) else adapter,
-            collection=None if collection in (None, ALL_COLLECTIONS) else collection,
-        )
+        wanted = None if collection in (None, ALL_COLLECTIONS) else collection
+        try:
+            scope = readable_collections(owner, wanted, all_collections() if settings.restricted_collections else [],
+                                         settings)  # fmt: skip
+        except LookupError:
+            gr.Warning(f"Collection {wanted!r} not found.")
+            yield chat, message, session_id, gr.update()
+            return
+        options = TurnOptions(adapter=None if adapter in (None, AUTO) else adapter, collection=scope)
         chat = [*chat, {"role": "user", "content": message}]
         yield chat, "", session_id, gr.update()
         answer, meta = "", None
@@ -172,24 +181,28 @@ def build_ui(services: Services) -> gr.Blocks:
                     answer += event.text
                     yield [*chat, *answer_messages(answer, meta)], "", session_id, gr.update()
                 elif isinstance(event, TurnDone):
-                    final = [*chat, *answer_messages(event.answer, event.__dict__)]
+                    final = [*chat, *answer_messages(guard_answer(event.answer), event.__dict__)]
                     yield final, "", session_id, gr.update(choices=session_choices(owner), value=session_id)
         except ValueError as exc:
             gr.Warning(str(exc))
             yield chat[:-1], message, session_id, gr.update()
         except Exception as exc:
-            log.exception("turn failed")
-            raise gr.Error(f"The answer failed: {exc}") from None
+            log.error("turn failed: %s", redact("".join(traceback.format_exception(exc)), settings))
+            raise gr.Error(f"The answer failed ({type(exc).__name__}); see the server log.") from None
 
-    def upload(files: list | None, collection: str, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+    def upload(files: list | None, collection: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
         if not files:
             return "Choose one or more files first."
         name = (collection or "").strip() or settings.default_collection
+        if not may_use_collection(owner_of(request), name, settings):
+            return f"Collection **{plain(name)}**: you may not add documents to it."
         lines = []
         for i, file in enumerate(progress.tqdm(files, desc="ingesting")):
             path = Path(file if isinstance(file, str) else file.name)
             try:
-                report = services.store.ingest([str(path)], collection=name)
+                report = services.store.ingest(
+                    [str(path)], collection=name, chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap
+                )
             except ValueError as exc:
                 lines.append(f"- {path.name}: error: {exc}")
                 continue
@@ -200,6 +213,9 @@ def build_ui(services: Services) -> gr.Blocks:
                 lines.append(f"- {path.name}: {state}, {report.chunks} chunks")
             log.info("upload %d/%d into %s", i + 1, len(files), name)
         return f"Collection **{name}**:\n" + "\n".join(lines)
+
+    def refresh_collections(request: gr.Request):
+        return gr.update(choices=collection_choices(owner_of(request)))
 
     with gr.Blocks(title="ragtune", fill_height=True) as demo:
         session_state = gr.State(None)
@@ -239,7 +255,5 @@ def build_ui(services: Services) -> gr.Blocks:
         new_button.click(new_session, None, [session_state, chatbot, sessions])
         delete_button.click(delete, [session_state], [session_state, chatbot, sessions])
         sessions.input(resume, [sessions], [session_state, chatbot])
-        upload_button.click(upload, [files, target], [upload_status]).then(
-            lambda: gr.update(choices=collection_choices()), None, [collection]
-        )
+        upload_button.click(upload, [files, target], [upload_status]).then(refresh_collections, None, [collection])
     return demo
