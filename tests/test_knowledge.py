@@ -240,6 +240,21 @@ def test_changed_file_replaces_its_chunks(store: KnowledgeStore, collection: str
     assert store.search("xylocarp", collection=collection, mode="keyword")
 
 
+def test_source_names_key_uploads_by_their_own_name(store: KnowledgeStore, collection: str, tmp_path: Path) -> None:
+    """Uploads land in a fresh temporary folder each time; their stored name keeps a new version a replacement."""
+    first, second = tmp_path / "upload-1" / "returns.md", tmp_path / "upload-2" / "returns.md"
+    for path, text in ((first, MARKDOWN), (second, MARKDOWN.replace("zephyrine refund", "xylocarp refund"))):
+        path.parent.mkdir()
+        path.write_text(text)
+    store.ingest([first], collection, source_names={str(first): "returns.md"})
+    report = store.ingest([second], collection, source_names={str(second): "returns.md"})
+    assert report.replaced == [str(second.resolve())]
+    docs = store.list_documents(collection)
+    assert [d.source for d in docs] == ["returns.md"]
+    assert store.search("zephyrine", collection=collection, mode="keyword") == []
+    assert store.search("xylocarp", collection=collection, mode="keyword")
+
+
 def test_corrupt_files_are_reported_and_the_rest_go_in(store: KnowledgeStore, collection: str, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()

@@ -320,6 +320,7 @@ def build_router(services: Services) -> APIRouter:
                     collection=name,
                     chunk_size=settings.chunk_size,
                     chunk_overlap=settings.chunk_overlap,
+                    source_names=names,
                 )
             except ValueError as exc:
                 raise ApiError(400, str(exc), "invalid_document") from None

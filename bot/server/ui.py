@@ -201,7 +201,11 @@ def build_ui(services: Services) -> gr.Blocks:
             path = Path(file if isinstance(file, str) else file.name)
             try:
                 report = services.store.ingest(
-                    [str(path)], collection=name, chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap
+                    [str(path)],
+                    collection=name,
+                    chunk_size=settings.chunk_size,
+                    chunk_overlap=settings.chunk_overlap,
+                    source_names={str(path): path.name},  # Gradio's temp folder differs per upload
                 )
             except ValueError as exc:
                 lines.append(f"- {path.name}: error: {exc}")
