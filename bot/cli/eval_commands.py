@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,12 +33,12 @@ def eval_retrieval(directory: Path, modes, split: str, json_out: Path | None, ke
     collection (removed afterwards unless --keep), then every query with qrels is searched in each mode.
     """
     from bot.cli.knowledge_commands import open_store
+    from bot.evaluate.suite import collection_for
     from knowledge.evaluation import evaluate_store, load_beir
 
     config = settings()
     beir = load_beir(directory, split)
-    slug = re.sub(r"[^A-Za-z0-9_-]", "-", directory.resolve().name)[:60]
-    collection = f"eval-{slug}-{hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:8]}"
+    collection = collection_for(directory)
     db = database()
     try:
         store = open_store(db, config)
@@ -71,6 +70,202 @@ def eval_retrieval(directory: Path, modes, split: str, json_out: Path | None, ke
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=2))
         click.echo(f"wrote {json_out}", err=True)
+
+
+QA_MODES = ("base", "rag", "lora", "routed")
+
+
+def _modes(value: str) -> list[str]:
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in QA_MODES]
+    if unknown or not modes:
+        raise click.BadParameter(f"{unknown[0] if unknown else value!r}: choose from {', '.join(QA_MODES)}")
+    return modes
+
+
+def _qa_options(command):
+    """Options shared by `eval qa` and `eval all`."""
+    options = [
+        click.option("--modes", default=",".join(QA_MODES), show_default=True, help="Comma-separated modes."),
+        click.option(
+            "--adapter",
+            default="auto",
+            show_default=True,
+            help="Adapter for lora/routed: a registered NAME; 'auto' trains a small one on the folder's questions "
+            "that are not evaluated (cached by data hash); 'none' skips lora.",
+        ),
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="First N questions only (QA parts)."),
+        click.option(
+            "--max-new-tokens",
+            type=click.IntRange(1, 2048),
+            default=24,
+            show_default=True,
+            help="Answer length cap (CPU time is the limit; gold answers are short).",
+        ),
+        click.option(
+            "--price-per-hour",
+            type=click.FloatRange(min=0),
+            default=0.10,
+            show_default=True,
+            help="Assumed $ per hour of the serving machine, for cost per 1,000 questions.",
+        ),
+        click.option(
+            "--faithfulness-threshold",
+            type=click.FloatRange(0.01, 1.0),
+            default=0.6,
+            show_default=True,
+            help="Sentence cosine at which an answer sentence counts as supported.",
+        ),
+        click.option(
+            "--train-steps", type=click.IntRange(min=1), default=40, show_default=True, help="Steps for --adapter auto."
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap and training seed."),
+        click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON here."),
+        click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), help="Write HTML here."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _qa_config(opts: dict):
+    from bot.evaluate.qa import QAConfig
+
+    return QAConfig(
+        modes=_modes(opts["modes"]), adapter=opts["adapter"], max_new_tokens=opts["max_new_tokens"], seed=opts["seed"],
+        price_per_hour=opts["price_per_hour"], faithfulness_threshold=opts["faithfulness_threshold"],
+    )  # fmt: skip
+
+
+def _services():
+    import os
+
+    from bot.conversation.services import build_services
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return build_services(settings())
+
+
+def _print_qa(part: dict) -> None:
+    click.echo(f"\n{part['dataset']}: {part['questions']} questions")
+    click.echo(
+        f"{'mode':<7} {'F1':>6} {'95% CI':>13} {'contain':>7} {'goldret':>7} {'goldcit':>7} {'abst':>5} "
+        f"{'faith':>5} {'p50 s':>6} {'p95 s':>6} {'tok':>5} {'$/1k q':>7}"
+    )
+
+    def pct(v):
+        return "    -" if v is None else f"{v:>5.0%}"
+
+    for mode, s in part["summary"].items():
+        click.echo(
+            f"{mode:<7} {s['f1']:>6.3f} {s['f1_ci'][0]:>6.3f}-{s['f1_ci'][1]:<6.3f} {pct(s['contains']):>7} "
+            f"{pct(s['gold_retrieved']):>7} {pct(s['gold_cited']):>7} {pct(s['abstention'])} {pct(s['faithfulness'])} "
+            f"{s['latency_p50_s']:>6.2f} {s['latency_p95_s']:>6.2f} {s['tokens_mean']:>5.1f} {s['cost_per_1000']:>7.3f}"
+        )
+    click.echo("")
+    for line in part["verdict"]["text"]:
+        click.echo(line)
+
+
+@eval_group.command("qa")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--collection", default=None, help="Use this already-ingested collection instead of ingesting.")
+@_qa_options
+@user_errors
+def eval_qa(directory: Path, collection: str | None, **opts) -> None:
+    """Answer quality, latency and cost of base, rag, lora and routed on DIRECTORY.
+
+    DIRECTORY holds answers.jsonl ({_id, question, answer}), corpus.jsonl and optionally qrels/test.tsv (gold
+    passages). The corpus is ingested into a scratch collection that is kept, so a rerun skips ingestion.
+    """
+    from bot.evaluate.report import write_report
+    from bot.evaluate.suite import new_report, run_qa_part
+
+    started = time.perf_counter()
+    config = _qa_config(opts)
+    services = _services()
+    try:
+        part = run_qa_part(
+            services, directory, config, limit=opts["limit"], collection=collection, train_steps=opts["train_steps"],
+            progress=not opts["quiet"],
+        )  # fmt: skip
+    finally:
+        services.close()
+    report = new_report(opts["seed"])
+    report["qa"].append(part)
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    _print_qa(part)
+    write_report(report, opts["json_out"], opts["html_out"])
+    for out in (opts["json_out"], opts["html_out"]):
+        if out:
+            click.echo(f"wrote {out}", err=True)
+    click.echo(f"wall time {report['wall_s']:.0f}s", err=True)
+
+
+def _kinds(path: Path) -> list[str]:
+    """Which parts apply to a --data path: a folder with answers.jsonl → qa, with a BEIR layout → retrieval;
+    a .jsonl file (or a folder holding dev.jsonl) → router."""
+    if path.is_file():
+        return ["router"] if path.suffix == ".jsonl" else []
+    kinds = []
+    if (path / "corpus.jsonl").is_file() and (path / "queries.jsonl").is_file() and (path / "qrels").is_dir():
+        kinds.append("retrieval")
+    if (path / "answers.jsonl").is_file():
+        kinds.append("qa")
+    if not kinds and (path / "dev.jsonl").is_file():
+        kinds.append("router")
+    return kinds
+
+
+@eval_group.command("all")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="Repeatable: a BEIR folder (retrieval), a folder with answers.jsonl (qa, and retrieval when it is "
+              "BEIR too), or a labelled .jsonl / folder with dev.jsonl (router).")  # fmt: skip
+@click.option("--no-retrieval", is_flag=True, help="Skip retrieval even on BEIR folders.")
+@_qa_options
+@user_errors
+def eval_all(data: tuple[Path, ...], no_retrieval: bool, **opts) -> None:
+    """One HTML report and one JSON for every part that applies to each --data path."""
+    from bot.evaluate.report import write_report
+    from bot.evaluate.suite import new_report, run_qa_part, run_retrieval_part, run_router_part
+
+    plan = [(path, _kinds(path)) for path in data]
+    for path, kinds in plan:
+        if not kinds:
+            raise ValueError(f"{path}: nothing to evaluate (need answers.jsonl, a BEIR layout or a labelled .jsonl)")
+    started = time.perf_counter()
+    config = _qa_config(opts)
+    report = new_report(opts["seed"])
+    services = _services()
+    try:
+        for path, kinds in plan:
+            if "retrieval" in kinds and not no_retrieval:
+                click.echo(f"retrieval: {path}", err=True)
+                report["retrieval"].append(run_retrieval_part(services, path))
+            if "qa" in kinds:
+                click.echo(f"qa: {path}", err=True)
+                part = run_qa_part(services, path, config, limit=opts["limit"], train_steps=opts["train_steps"],
+                                   progress=not opts["quiet"])  # fmt: skip
+                report["qa"].append(part)
+                _print_qa(part)
+            if "router" in kinds:
+                file = path if path.is_file() else path / "dev.jsonl"
+                click.echo(f"router: {file}", err=True)
+                report["router"].append(run_router_part(services, file))
+    finally:
+        services.close()
+    for part in report["retrieval"]:
+        best = max(part["results"], key=lambda r: r["ndcg_at_10"])
+        click.echo(f"retrieval {part['dataset']}: best {best['mode']} nDCG@10 {best['ndcg_at_10']:.4f}")
+    for part in report["router"]:
+        click.echo(f"router {part['file']}: accuracy {part['accuracy']:.3f}")
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    write_report(report, opts["json_out"], opts["html_out"])
+    for out in (opts["json_out"], opts["html_out"]):
+        if out:
+            click.echo(f"wrote {out}", err=True)
+    click.echo(f"wall time {report['wall_s']:.0f}s", err=True)
 
 
 COMMANDS = [eval_group]

@@ -1,0 +1,202 @@
+"""Assemble the parts of a report: QA on an answers.jsonl folder, retrieval on a BEIR folder, router on labelled
+messages. Each part is a plain dict, so `eval qa`, `eval all` and CI read the same JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bot.evaluate.qa import (
+    MODES,
+    QAConfig,
+    QARunner,
+    answers_json,
+    load_qa,
+    read_answers,
+    routed_conversation,
+    summarise,
+)
+from bot.evaluate.report import qa_chart
+from bot.evaluate.verdict import decide
+
+log = logging.getLogger(__name__)
+
+AUTO_TRAIN_ROWS = 320  # held-out pairs `--adapter auto` trains on (40 steps of 8 = one pass), the file's last ones
+MIN_AUTO_ROWS = 4
+
+
+def collection_for(directory: Path) -> str:
+    """The scratch collection of a data folder (the same name `eval retrieval` uses, so both share one ingest)."""
+    directory = Path(directory).resolve()
+    slug = re.sub(r"[^A-Za-z0-9_-]", "-", directory.name)[:60]
+    return f"eval-{slug}-{hashlib.sha256(str(directory).encode()).hexdigest()[:8]}"
+
+
+def ingest_corpus(store: Any, directory: Path, collection: str) -> dict[str, Any]:
+    """Ingest DIR/corpus.jsonl (unchanged records are skipped, so a rerun costs seconds)."""
+    corpus = Path(directory) / "corpus.jsonl"
+    if not corpus.is_file():
+        raise FileNotFoundError(f"{corpus} is missing: the rag mode needs the folder's corpus.jsonl")
+    report = store.ingest([corpus], collection, progress=True)
+    if report.failed:
+        raise ValueError(f"cannot ingest {corpus}: {report.failed[0][1]}")
+    log.info("corpus: %s", report.summary())
+    return {"chunks": report.chunks, "embedded": report.embedded, "seconds": round(report.seconds, 2)}
+
+
+def machine() -> str:
+    return f"{platform.machine()} · {os.cpu_count()} CPU cores · Python {platform.python_version()}"
+
+
+def run_qa_part(
+    services: Any,
+    directory: Path,
+    config: QAConfig,
+    *,
+    limit: int | None = None,
+    collection: str | None = None,
+    train_steps: int = 40,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Ingest, find or train the adapter, answer every question in every mode, score, and explain."""
+    started = time.perf_counter()
+    directory = Path(directory)
+    items = load_qa(directory, limit)
+    notes: list[str] = []
+    setup: dict[str, Any] = {}
+    modes = [m for m in MODES if m in config.modes]
+    if ("rag" in modes or "routed" in modes) and collection is None:
+        collection = collection_for(directory)
+        setup["ingest"] = ingest_corpus(services.store, directory, collection)
+    adapter = None if config.adapter in (None, "", "none") else config.adapter
+    held_out: list[tuple[str, str]] = []
+    if adapter == "auto" and not ({"lora", "routed"} & set(modes)):
+        adapter = None  # nothing would use it: do not train
+    if adapter == "auto":
+        evaluated = {item.id for item in items}
+        held_out = [(q, a) for qid, q, a in read_answers(directory) if qid not in evaluated]
+        held_out = held_out[-AUTO_TRAIN_ROWS:]  # from the end: the same adapter serves every --limit up to N-320
+        if len(held_out) < MIN_AUTO_ROWS:
+            adapter = None
+            notes.append(
+                f"lora: skipped: --adapter auto needs at least {MIN_AUTO_ROWS} question/answer pairs that are not "
+                f"evaluated, and this folder has {len(held_out)} (lower --limit, or pass --adapter NAME)."
+            )
+    if adapter == "auto":
+        from bot.evaluate.adapter import ensure_adapter
+
+        auto = ensure_adapter(
+            services.settings, services.db.pool, directory.resolve().name, held_out, steps=train_steps,
+            seed=config.seed, progress=progress,
+        )  # fmt: skip
+        adapter = auto.name
+        if adapter not in services.conversation.adapters():
+            services.generator.load_adapter(adapter, auto.record.path)
+        setup["adapter_training"] = {"name": adapter, "trained_now": auto.trained, "rows": auto.rows,
+                                     "seconds": round(auto.seconds, 1)}  # fmt: skip
+        notes.append(
+            f"lora: adapter {adapter}, trained by `--adapter auto` on {auto.rows} question/answer pairs of this folder "
+            f"that are not among the evaluated questions ({train_steps} steps"
+            + (f", {auto.seconds:.0f}s, not counted in per-question cost)." if auto.trained else ", cached).")
+        )
+    elif adapter is None and "lora" in modes:
+        if not notes:
+            notes.append("lora: skipped, no adapter (pass --adapter NAME, or --adapter auto to train one).")
+    elif adapter is not None:
+        notes.append(f"lora: adapter {adapter}.")
+    if adapter is None and "lora" in modes:
+        modes.remove("lora")
+    run_config = QAConfig(
+        modes=modes, adapter=adapter, max_new_tokens=config.max_new_tokens, seed=config.seed,
+        price_per_hour=config.price_per_hour, faithfulness_threshold=config.faithfulness_threshold,
+    )  # fmt: skip
+    runner = QARunner(services, collection or "", run_config, routed_conversation(services, adapter))
+    answers = runner.run(items, progress=progress)
+    summary = summarise(answers, run_config)
+    verdict = decide(summary, answers, seed=config.seed)
+    gold = {item.id: item.answer for item in items}
+    notes += [
+        f"Answers are greedy and capped at {config.max_new_tokens} new tokens; every question runs in a fresh session.",
+        "base = skill route without adapter; rag = knowledge route on collection "
+        f"{collection}; lora = skill route with the adapter; routed = the router decides, with its skill route "
+        "bound to the adapter. When routed picks exactly the prompt of a mode already run, that answer is reused "
+        "(greedy decoding repeats it) and its latency is routing time + that mode's generation time.",
+        f"Faithfulness: {runner.scorer.describe()}; the fraction of answer sentences supported by the passages the "
+        "answer cites ([n], or all shown sources when it cites none); only for answers with sources.",
+        "Gold passage retrieved/cited: a qrels passage of the question is among the sources shown / cited.",
+        f"Cost per 1,000 questions = mean measured wall time per question × ${config.price_per_hour:g}/hour "
+        "(assumed price of the machine; set --price-per-hour).",
+    ]
+    samples = [
+        {"id": a.id, "mode": a.mode, "answer": a.answer, "gold": gold[a.id], "f1": a.f1}
+        for a in answers
+        if a.id in [i.id for i in items[:5]]
+    ]
+    return {
+        "kind": "qa",
+        "dataset": str(directory),
+        "questions": len(items),
+        "modes": modes,
+        "adapter": adapter,
+        "collection": collection,
+        "max_new_tokens": config.max_new_tokens,
+        "price_per_hour": config.price_per_hour,
+        "faithfulness_method": runner.scorer.describe(),
+        "setup": setup,
+        "summary": summary,
+        "verdict": verdict,
+        "notes": notes,
+        "samples": samples,
+        "chart": qa_chart(summary),
+        "answers": answers_json(answers),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def run_retrieval_part(services: Any, directory: Path, split: str = "test") -> dict[str, Any]:
+    """`eval retrieval` on the folder's collection (ingested if needed), all three search modes."""
+    from dataclasses import asdict
+
+    from knowledge.evaluation import evaluate_store, load_beir
+
+    beir = load_beir(directory, split)
+    collection = collection_for(directory)
+    ingest = ingest_corpus(services.store, directory, collection)
+    results = evaluate_store(services.store, beir, collection, ("dense", "keyword", "hybrid"))
+    return {
+        "kind": "retrieval",
+        "dataset": str(directory),
+        "queries": len(beir.queries),
+        "collection": collection,
+        "ingest": ingest,
+        "results": [asdict(r) for r in results],
+    }
+
+
+def run_router_part(services: Any, file: Path) -> dict[str, Any]:
+    """`router eval` with the serving router on labelled messages {"text", "route"}."""
+    from router import evaluate, read_labelled
+
+    rows = read_labelled(file)
+    services.router.decide("warm up")
+    result = evaluate(services.router.decide, rows)
+    result.update(kind="router", file=str(file), method=services.router.method)
+    return result
+
+
+def new_report(seed: int) -> dict[str, Any]:
+    return {
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": seed,
+        "machine": machine(),
+        "qa": [],
+        "retrieval": [],
+        "router": [],
+    }
