@@ -35,8 +35,10 @@ FOLLOW_UP_WEIGHT = 0.6  # how strongly a short follow-up keeps the previous rout
 FOLLOW_UP_WEIGHT_WHEN_CLEAR = 0.35  # ...when the message alone points elsewhere with CLEAR_ELSEWHERE or more
 CLEAR_ELSEWHERE = 0.985  # only an overwhelming message-alone signal outweighs the conversation
 RETRIEVAL_PIVOT = 0.35  # retrieval strength (best passage cosine) that neither helps nor hurts knowledge
-RETRIEVAL_GAIN = 3.0  # log-odds per unit of retrieval strength above/below the pivot
-RETRIEVAL_CAP = (-1.0, 1.5)  # a weak match only nudges: an empty or off-topic knowledge base must not flip a question
+RETRIEVAL_GAIN = 5.0  # log-odds per unit of retrieval strength above/below the pivot (0.65 -> +1.5)
+# A weak match only nudges: an empty or off-topic knowledge base must not flip a question. A strong match (cosine
+# 0.6+ with a passage of the user's own documents) is good evidence that the documents answer the message.
+RETRIEVAL_CAP = (-1.0, 2.0)
 
 
 @dataclass
