@@ -40,6 +40,9 @@ MODES: tuple[str, ...] = ("dense", "keyword", "hybrid")
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 # Chunks embedded together in one call: big enough for length bucketing, small enough to write often.
 _WAVE_CHUNKS = 1024
+# After a bulk load the planner's row estimates are stale until autovacuum gets round to it, and it may then
+# scan every vector instead of using the HNSW index; refreshing them costs well under a second.
+_ANALYZE_AFTER_CHUNKS = 1000
 
 
 @dataclass
@@ -216,6 +219,8 @@ class KnowledgeStore:
                     bar.update(1)
             self._flush(wave, collection, report, progress)
             bar.update(len(wave))
+        if report.chunks >= _ANALYZE_AFTER_CHUNKS:
+            self._analyze()
         report.seconds = time.perf_counter() - started
         log.info("ingest into %s: %s", collection, report.summary())
         return report
@@ -452,6 +457,11 @@ class KnowledgeStore:
     def delete_collection(self, name: str) -> bool:
         with self.pool.connection() as conn:
             return conn.execute("DELETE FROM collections WHERE name = %s", (name,)).rowcount > 0
+
+    def _analyze(self) -> None:
+        with self.pool.connection() as conn:
+            for table in ("chunks", "documents", "bm25_postings"):
+                conn.execute(f"ANALYZE {table}")
 
     def rebuild_indexes(self, maintenance_work_mem: str = "1GB") -> None:
         """Rebuild the HNSW and full-text indexes without blocking readers (after a very large bulk load)."""
