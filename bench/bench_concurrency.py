@@ -18,7 +18,6 @@ import shutil
 import socket
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -55,21 +54,13 @@ def _free_port() -> int:
 
 
 def start_app(home: Path, port: int, max_tokens: int):
-    import uvicorn
-
+    from bench.load import start_app as start_loaded_app
     from bot.config import load_settings
-    from bot.conversation.services import build_services, load_demo_docs
-    from bot.server.app import create_app
+    from bot.conversation.services import load_demo_docs
 
     settings = load_settings(home=home, api_keys=KEYS, chat_max_new_tokens=max_tokens, pool_max_size=30, port=port)
-    services = build_services(settings)
+    services, server, thread = start_loaded_app(settings, port)
     load_demo_docs(services, REPO / "docs")
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
     return services, server, thread
 
 
