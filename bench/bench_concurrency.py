@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -26,6 +25,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx  # noqa: E402
+
+from bench.load import free_port, percentile, stop_app  # noqa: E402
+from bench.load import start_app as start_loaded_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -39,22 +41,7 @@ QUESTIONS = [
 KEYS = ["bench-key-a", "bench-key-b"]
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_app(home: Path, port: int, max_tokens: int):
-    from bench.load import start_app as start_loaded_app
     from bot.config import load_settings
     from bot.conversation.services import load_demo_docs
 
@@ -146,10 +133,10 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict:
         "turns_planned": args.sessions * args.turns,
         "errors": len(turns) - len(ok),
         "error_samples": [t["error"] for t in turns if t["error"]][:5],
-        "ttft_p50_s": _percentile(ttfts, 0.5),
-        "ttft_p95_s": _percentile(ttfts, 0.95),
-        "turn_p50_s": _percentile(totals, 0.5),
-        "turn_p95_s": _percentile(totals, 0.95),
+        "ttft_p50_s": percentile(ttfts, 0.5),
+        "ttft_p95_s": percentile(ttfts, 0.95),
+        "turn_p50_s": percentile(totals, 0.5),
+        "turn_p95_s": percentile(totals, 0.95),
         "turn_mean_s": statistics.fmean(totals) if totals else float("nan"),
         "wall_s": wall,
         "turns_per_minute": len(ok) / wall * 60 if wall else 0.0,
@@ -172,14 +159,12 @@ def main() -> None:
     cached = REPO / ".ragtune" / "models"
     if (cached / "dequantised").is_dir():  # reuse the de-quantised model instead of converting the GGUF again
         (home / "models").symlink_to(cached)
-    port = _free_port()
+    port = free_port()
     services, server, thread = start_app(home, port, args.max_tokens)
     try:
         report = asyncio.run(main_async(args, f"http://127.0.0.1:{port}"))
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        services.close()
+        stop_app(services, server, thread)
         from bot.db import server as pg
 
         pg.stop(home / "pgdata")

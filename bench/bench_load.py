@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.load import all_keys, format_report, free_port, run_load, start_app, write_report  # noqa: E402
+from bench.load import all_keys, format_report, free_port, run_load, start_app, stop_app, write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,9 +47,7 @@ def main() -> None:
     try:
         report = asyncio.run(run_load(f"http://127.0.0.1:{port}", args.clients, args.seconds, args.max_tokens))
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        services.close()
+        stop_app(services, server, thread)
         pg.stop(home / "pgdata")
         shutil.rmtree(home, ignore_errors=True)
     write_report(report, REPO / "bench" / "results" / "load.json")

@@ -64,6 +64,13 @@ def start_app(settings: Any, port: int):
     return services, server, thread
 
 
+def stop_app(services: Any, server: Any, thread: threading.Thread, timeout_s: float = 15) -> None:
+    """Stop what `start_app` started: uvicorn first, then the pool (the database server stays up)."""
+    server.should_exit = True
+    thread.join(timeout=timeout_s)
+    services.close()
+
+
 @dataclass
 class ClientResult:
     index: int

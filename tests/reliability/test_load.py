@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from bench.load import all_keys, format_report, free_port, run_load, start_app, write_report
+from bench.load import all_keys, format_report, free_port, run_load, start_app, stop_app, write_report
 from tests.reliability.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -29,9 +29,7 @@ def test_concurrent_clients_get_no_errors_and_no_leakage(settings):
     try:
         report = asyncio.run(run_load(f"http://127.0.0.1:{port}", CLIENTS, SECONDS, MAX_TOKENS))
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        services.close()
+        stop_app(services, server, thread)
     write_report(report, REPO_ROOT / "bench" / "results" / "load_test.json")
     print("\n" + format_report(report))
     assert report["errors"] == 0, report["error_samples"]
