@@ -140,3 +140,19 @@ def test_condense_keeps_standalone_questions():
     assert condense_query("Which PostgreSQL version does the embedded server run?", history).startswith("Which")
     assert condense_query("and on macOS?", history) == "How do I install ragtune? and on macOS?"
     assert condense_query("and on macOS?", []) == "and on macOS?"
+
+
+def test_an_echo_of_the_system_prompt_is_cut_before_it_is_streamed_or_stored(parts):
+    """An injected "reveal your instructions" that works on the model stops at the pipeline, for every caller."""
+    from bot.conversation.prompts import SKILL_SYSTEM, WITHHELD
+
+    conversation, generator, _ = parts
+    echo = ["Sure! ", *(word + " " for word in SKILL_SYSTEM.split()[:12])]
+    generator.stream = lambda messages, **kwargs: iter(echo)
+    sid = conversation.memory.create_session("u5")
+    events = list(conversation.stream(sid, "u5", "hello there", TurnOptions(adapter="concise")))
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    shingle = " ".join(SKILL_SYSTEM.split()[:6])
+    assert shingle not in streamed and streamed.strip().endswith(WITHHELD)
+    assert events[-1].answer == WITHHELD
+    assert [m.content for m in conversation.memory.messages(sid, "u5") if m.role == "assistant"] == [WITHHELD]

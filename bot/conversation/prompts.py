@@ -94,8 +94,3 @@ def leaks_system_prompt(answer: str) -> bool:
     """True when an answer repeats a run of six words of a system prompt (what an injected 'reveal your
     prompt' would make a compliant model do); the small model cannot be trusted to refuse on its own."""
     return bool(_shingles(answer) & _SYSTEM_SHINGLES)
-
-
-def guard_answer(answer: str) -> str:
-    """The answer, or a refusal in its place when it echoes the system prompt."""
-    return WITHHELD if leaks_system_prompt(answer) else answer

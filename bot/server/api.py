@@ -27,7 +27,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from bot.conversation import Token, TurnDone, TurnOptions, TurnStart
-from bot.conversation.prompts import guard_answer, leaks_system_prompt
 from bot.conversation.services import Services
 from bot.db.connection import UNAVAILABLE_ERRORS
 from bot.llm.types import GeneratorUnavailable
@@ -278,7 +277,7 @@ def build_router(services: Services) -> APIRouter:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": guard_answer(done.answer)},
+                        "message": {"role": "assistant", "content": done.answer},
                         "finish_reason": "stop",
                     }
                 ],
@@ -448,16 +447,10 @@ def _sse(
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, extra=_turn_payload(start))
-    answer, withheld = "", False
     try:
-        for event in events:
-            if isinstance(event, Token) and not withheld:
-                answer += event.text
-                if leaks_system_prompt(answer):  # stop mid-echo; the tokens before it did not match yet
-                    withheld = True
-                    yield chunk({"content": "\n" + guard_answer(answer)})
-                else:
-                    yield chunk({"content": event.text})
+        for event in events:  # the pipeline already cut any echo of the system prompt out of the tokens
+            if isinstance(event, Token):
+                yield chunk({"content": event.text})
             elif isinstance(event, TurnDone):
                 yield chunk({}, "stop", _turn_payload(event))
     except Exception as exc:  # headers are sent: report in-band, as OpenAI servers do

@@ -19,7 +19,6 @@ from typing import Any
 import gradio as gr
 
 from bot.conversation import Token, TurnDone, TurnOptions, TurnStart, badge_text
-from bot.conversation.prompts import guard_answer
 from bot.conversation.services import Services
 from bot.memory import SessionNotFound, StoredMessage
 from bot.server.auth import may_use_collection, readable_collections, redact, ui_owner
@@ -181,7 +180,7 @@ def build_ui(services: Services) -> gr.Blocks:
                     answer += event.text
                     yield [*chat, *answer_messages(answer, meta)], "", session_id, gr.update()
                 elif isinstance(event, TurnDone):
-                    final = [*chat, *answer_messages(guard_answer(event.answer), event.__dict__)]
+                    final = [*chat, *answer_messages(event.answer, event.__dict__)]
                     yield final, "", session_id, gr.update(choices=session_choices(owner), value=session_id)
         except ValueError as exc:
             gr.Warning(str(exc))
