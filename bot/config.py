@@ -7,6 +7,7 @@ with the name of the setting and the reason, not deep inside a request.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -60,6 +61,11 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(default=8, ge=1, le=200, description="Most connections the pool opens.")
     connect_timeout_s: float = Field(
         default=5.0, gt=0, le=120, description="Seconds to wait for PostgreSQL before giving up with a clear error."
+    )
+    embedded_shared_buffers: str = Field(
+        default="auto",
+        description="Embedded server's page cache (shared_buffers): 'auto' (an eighth of RAM, 128MB-2GB) or a size "
+        "such as 512MB. Applied when ragtune starts the server.",
     )
 
     # --- models ------------------------------------------------------------------------------
@@ -214,6 +220,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"collection name {name!r}: use letters, digits, '-' and '_' only")
             if not all(isinstance(o, str) and o.strip() for o in owners):
                 raise ValueError(f"collection {name!r}: owners must be non-empty strings")
+        return value
+
+    @field_validator("embedded_shared_buffers")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if value != "auto" and not re.fullmatch(r"\d+(kB|MB|GB)", value):
+            raise ValueError("use 'auto' or a size such as 512MB or 2GB")
         return value
 
     @field_validator("default_collection")

@@ -7,9 +7,11 @@ lexemes are OR-ed (questions rarely share every word with the answer) and scored
 lexemes negated with `-word` drop the chunks that contain them.
 
 Speed: each term's postings are stored ordered by impact (BM25 without IDF), so an unfiltered query reads only the
-`depth` best postings of each term from an index-only range scan instead of every chunk holding a common word; the
-candidates it finds then get their exact score. A filter other than the collection (source, metadata, page) could
-remove every pruned candidate, so filtered queries score all postings of the filtered chunks instead.
+best postings of each term from an index-only range scan instead of every chunk holding a common word: `depth` for
+the query's rarest term and fewer, in proportion to IDF, for common words, whose long lists add the most rows to
+aggregate but the least score. Hybrid candidates then get their exact score. A filter other than the collection
+(source, metadata, page) could remove every pruned candidate, so filtered queries score all postings of the
+filtered chunks instead.
 
 The templates use `{where}` (the fixed filter clause, bound values only) and `{scope}` (the collection clause).
 """
@@ -30,23 +32,25 @@ q AS (
 ), neg AS (
     SELECT coalesce(array_agg(lexeme), '{{}}'::text[]) AS lexemes FROM q WHERE negated
 ), terms AS (
-    SELECT ts.collection, ts.lexeme, ln(1 + (s.n_chunks - ts.df + 0.5) / (ts.df + 0.5)) AS idf
-    FROM (SELECT DISTINCT lexeme FROM q WHERE NOT negated) ql
-    JOIN bm25_term_stats ts ON ts.lexeme = ql.lexeme
-    JOIN bm25_collection_stats s ON s.collection = ts.collection
-    WHERE {scope}
+    SELECT collection, lexeme, idf, max(idf) OVER () AS top_idf FROM (
+        SELECT ts.collection, ts.lexeme, ln(1 + (s.n_chunks - ts.df + 0.5) / (ts.df + 0.5)) AS idf
+        FROM (SELECT DISTINCT lexeme FROM q WHERE NOT negated) ql
+        JOIN bm25_term_stats ts ON ts.lexeme = ql.lexeme
+        JOIN bm25_collection_stats s ON s.collection = ts.collection
+        WHERE {scope}) x
 ), ceiling AS (
     SELECT collection, 1.9 * sum(idf) AS top FROM terms GROUP BY collection
 )"""
 
-# Candidates from the `depth` highest-impact postings of each term (no filter besides the collection).
+# Candidates from the highest-impact postings of each term (no filter besides the collection): `depth` postings for
+# the query's rarest term, fewer for commoner ones in proportion to their IDF (never under a tenth of `depth`).
 PRUNED = """
 bm25 AS (
     SELECT p.chunk_id AS id, sum(t.idf * p.impact) AS score
     FROM terms t CROSS JOIN LATERAL (
         SELECT b.chunk_id, b.impact FROM bm25_postings b
         WHERE b.collection = t.collection AND b.lexeme = t.lexeme
-        ORDER BY b.impact DESC LIMIT %(depth)s) p
+        ORDER BY b.impact DESC LIMIT greatest(%(depth)s / 10, ceil(%(depth)s * t.idf / t.top_idf))::int) p
     GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT %(pool)s
 )"""
 

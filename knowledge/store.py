@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -130,12 +131,12 @@ class KnowledgeStore:
         *,
         ef_search: int = 100,
         rrf_k: int = 60,
-        candidates: int = 50,
+        candidates: int = 30,
         dense_weight: float = 3.0,
         keyword_weight: float = 1.0,
         fusion: Fusion = "convex",
         alpha: float = 0.6,
-        bm25_depth: int = 1000,
+        bm25_depth: int = 600,
         prepare: bool = True,
     ) -> None:
         self.pool = pool
@@ -157,11 +158,13 @@ class KnowledgeStore:
         # Convex fusion: alpha * min-max normalised cosine + (1 - alpha) * BM25 / best BM25 among the candidates.
         # 0.6 was the best of 0.3-0.8 on SciFact *train* queries (nDCG@10 0.742; weighted RRF 1:1 0.720).
         self.alpha = float(alpha)
-        # Postings read per query term on the unfiltered path (highest impact first).
+        # Postings read for the rarest query term on the unfiltered path (highest impact first; commoner terms read
+        # fewer, see knowledge/keyword.py). With 30 candidates per side, SciFact *train* nDCG@10 stayed within 0.002
+        # of depth 1000 / 50 candidates while hybrid p95 at 100k chunks fell by about half (bench_knowledge).
         self.bm25_depth = int(bm25_depth)
         # Let psycopg prepare a query text after a few runs (its connection's prepare_threshold; None there turns
         # it off, e.g. behind PgBouncer): the hybrid statement plans in ~3-8 ms, a large share of its latency. The
-        # SETs made per query (hnsw.ef_search, iterative_scan) are read at execution, so cached plans honour them.
+        # session settings hnsw.ef_search / iterative_scan are read at execution, so cached plans honour them.
         self.prepare = bool(prepare)
 
     # ------------------------------------------------------------------ ingest
@@ -403,14 +406,16 @@ class KnowledgeStore:
         # Only a collection filter keeps the pruned BM25 path exact enough; other filters score filtered chunks fully.
         exact = any(name != "f_collections" for name in params)
         scope = "ts.collection = ANY(%(f_collections)s)" if "f_collections" in params else "TRUE"
-        params.update(q=query, k=k, rrf_k=self.rrf_k, w_dense=self.dense_weight, w_keyword=self.keyword_weight)
-        params.update(alpha=self.alpha, depth=self.bm25_depth)
+        params.update(q=query, w_dense=self.dense_weight, w_keyword=self.keyword_weight, alpha=self.alpha)
         if mode != "keyword":
             vector = self.embedder.embed_query(query) if embedding is None else np.asarray(embedding, np.float32)
             params["vec"] = vector
         n = k if mode == "dense" else max(self.candidates, 2 * k)
-        params["n"] = n
-        params["pool"] = n + 20  # room for chunks dropped by a -negated term
+        # Row counts are written into the statement as integer literals, not bound: with LIMIT $n the planner cannot
+        # trust its cached generic plan (10x slower here), so it re-planned every query (3-4 ms of a ~10 ms hybrid
+        # search); with literals the plan is cached per (k, settings). They are ints from this object, never input.
+        # `pool` leaves room for chunks dropped by a -negated term.
+        sizes = {"k": k, "n": n, "pool": n + 20, "depth": self.bm25_depth, "rrf_k": self.rrf_k}
         if mode == "dense":
             sql = _DENSE_SQL.replace("{where}", where)
         elif mode == "keyword":
@@ -418,14 +423,16 @@ class KnowledgeStore:
         else:
             ctes = hybrid_ctes(where, scope, exact, self.fusion)
             sql = _HYBRID_SQL.replace("{where}", where).replace("{ctes}", ctes)
-        with self.pool.connection() as conn, conn.transaction():
-            if mode != "keyword":
-                conn.execute(
-                    "SELECT set_config('hnsw.ef_search', %s, true),"
-                    " set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-                    (str(max(self.ef_search, n)),),
-                )
-            rows = conn.execute(sql, params, prepare=None if self.prepare else False).fetchall()
+        for name, value in sizes.items():
+            sql = sql.replace(f"%({name})s", str(int(value)))
+        with self.pool.connection() as conn:
+            try:
+                if mode != "keyword":
+                    _use_hnsw_settings(conn, max(self.ef_search, n))
+                rows = conn.execute(sql, params, prepare=None if self.prepare else False).fetchall()
+            except BaseException:
+                _HNSW_SESSION.pop(conn, None)  # a rollback undoes the session SET too
+                raise
         return [_hit(row) for row in rows]
 
     # ------------------------------------------------------------------ management
@@ -471,6 +478,22 @@ class KnowledgeStore:
             conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
             for index in ("chunks_embedding_hnsw_idx", "chunks_tsv_idx", "bm25_postings_impact_idx"):
                 conn.execute(f"REINDEX INDEX CONCURRENTLY {index}")
+
+
+# ef_search last set on each pooled connection. Setting an hnsw.* parameter costs ~2 ms of the next query's time on
+# this server even when the value is unchanged (measured: 9.4 -> 12.1 ms p50 at 100k chunks), so it is set at session
+# level once per connection and value instead of SET LOCAL per query. Only HNSW scans read these parameters.
+_HNSW_SESSION: weakref.WeakKeyDictionary[psycopg.Connection, int] = weakref.WeakKeyDictionary()
+
+
+def _use_hnsw_settings(conn: psycopg.Connection, ef_search: int) -> None:
+    if _HNSW_SESSION.get(conn) == ef_search:
+        return
+    conn.execute(
+        "SELECT set_config('hnsw.ef_search', %s, false), set_config('hnsw.iterative_scan', 'relaxed_order', false)",
+        (str(ef_search),),
+    )
+    _HNSW_SESSION[conn] = ef_search
 
 
 def _check_collection_name(name: str) -> None:

@@ -129,3 +129,33 @@ def test_embedded_server_keeps_data_across_stop_and_start(state_root: Path):
     finally:
         server.stop(pgdata)
     assert server.stop(pgdata) is False
+
+
+def test_embedded_server_applies_shared_buffers_once(state_root: Path):
+    pgdata = state_root / "buffers-pgdata"
+    try:
+        url = server.start(pgdata, shared_buffers="160MB")
+        with connect(url) as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone()[0] == "160MB"
+        pid = server.status(pgdata).pid
+        # Already running with that value: found, not restarted.
+        assert server.start(pgdata, shared_buffers="160MB") == url
+        assert server.status(pgdata).pid == pid
+        # A server in use is never restarted under its clients: the new value waits for its next start.
+        server.start(pgdata, shared_buffers="192MB")
+        assert server.status(pgdata).pid == pid
+        server.stop(pgdata)
+        with connect(server.start(pgdata)) as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone()[0] == "192MB"
+        with pytest.raises(ValueError, match="512MB"):
+            server.start(pgdata, shared_buffers="lots")
+    finally:
+        server.stop(pgdata)
+    assert 128 <= int(server.auto_shared_buffers().removesuffix("MB")) <= 2048
+
+
+def test_wrong_shared_buffers_setting_is_refused_by_name(tmp_path: Path):
+    from bot.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="EMBEDDED_SHARED_BUFFERS='2 gigs': use 'auto'"):
+        load_settings(home=tmp_path, embedded_shared_buffers="2 gigs")

@@ -66,7 +66,7 @@ def resolve_url(settings: Settings) -> str:
     """`DATABASE_URL` when set, else the embedded server (started if needed)."""
     if settings.database_url:
         return settings.database_url
-    return server.start(settings.pgdata_dir)
+    return server.start(settings.pgdata_dir, shared_buffers=settings.embedded_shared_buffers)
 
 
 def connect(url: str, timeout_s: float = 5.0, **kwargs) -> psycopg.Connection:

