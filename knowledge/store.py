@@ -18,7 +18,8 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from knowledge.bulk import DeferredVectorIndex, ensure_vector_index
 from knowledge.chunking import Chunk, chunk_document
 from knowledge.embedding import Embedder
 from knowledge.keyword import FUSIONS, Fusion, hybrid_ctes, keyword_ctes
@@ -191,14 +193,16 @@ class KnowledgeStore:
         if chunk_overlap >= chunk_size:
             raise ValueError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_size ({chunk_size})")
         self._ensure_collection(collection)
+        ensure_vector_index(self.pool)
         report = IngestReport()
         files, problems = discover(paths, glob)
         report.failed.extend(problems)
         wave: list[_PreparedFile] = []
         renames = {str(Path(k).resolve()): v for k, v in (source_names or {}).items()}
+        deferred = DeferredVectorIndex(self.pool)
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(files), unit="file", desc="ingest", disable=not progress) as bar:
+        with tqdm(total=len(files), unit="file", desc="ingest", disable=not progress) as bar, _restoring(deferred):
             for path in files:
                 try:
                     source = renames.get(str(Path(path).resolve()))
@@ -215,12 +219,12 @@ class KnowledgeStore:
                 elif prepared is not None:
                     wave.append(prepared)
                     if sum(p.n_chunks for p in wave) >= _WAVE_CHUNKS:
-                        self._flush(wave, collection, report, progress)
+                        self._flush(wave, collection, report, progress, deferred)
                         bar.update(len(wave))
                         wave = []
                 if prepared is None or not prepared.docs:
                     bar.update(1)
-            self._flush(wave, collection, report, progress)
+            self._flush(wave, collection, report, progress, deferred)
             bar.update(len(wave))
         if report.chunks >= _ANALYZE_AFTER_CHUNKS:
             self._analyze()
@@ -277,9 +281,17 @@ class KnowledgeStore:
             ).fetchall()
         return {row[0] for row in rows}
 
-    def _flush(self, wave: list[_PreparedFile], collection: str, report: IngestReport, progress: bool) -> None:
+    def _flush(
+        self,
+        wave: list[_PreparedFile],
+        collection: str,
+        report: IngestReport,
+        progress: bool,
+        deferred: DeferredVectorIndex,
+    ) -> None:
         if not wave:
             return
+        deferred.consider(report.chunks + sum(p.n_chunks for p in wave))
         inputs: list[str] = []
         hashes: list[bytes] = []
         for prepared in wave:
@@ -494,6 +506,15 @@ def _use_hnsw_settings(conn: psycopg.Connection, ef_search: int) -> None:
         (str(ef_search),),
     )
     _HNSW_SESSION[conn] = ef_search
+
+
+@contextmanager
+def _restoring(deferred: DeferredVectorIndex) -> Iterator[None]:
+    """Rebuild a deferred vector index however the ingest ends (an error, Ctrl-C)."""
+    try:
+        yield
+    finally:
+        deferred.restore()
 
 
 def _check_collection_name(name: str) -> None:

@@ -1,0 +1,95 @@
+"""Bulk loads build the HNSW index once, after the rows are in, instead of row by row.
+
+Inserting into an HNSW graph costs about 1.8 ms per 384-d row on a small CPU (5.8 of the 8.9 s it took to write
+3,168 SciFact chunks), several times what building the graph over the same rows costs. So when one ingest brings at
+least as many chunks as the table already holds (and at least `BULK_MIN_CHUNKS`), the index is dropped before its
+writes and rebuilt after them with a large `maintenance_work_mem`. Every file still commits in its own transaction;
+searches meanwhile stay correct, only exact (a sequential scan) instead of approximate. An ingest killed in between
+leaves no index behind, so each ingest first recreates a missing one (`ensure_vector_index`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "chunks_embedding_hnsw_idx"
+# As migration 0001 creates it; used only to repair an index a killed bulk load left dropped.
+DEFAULT_DEFINITION = (
+    f"CREATE INDEX {INDEX_NAME} ON chunks USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+)
+BULK_MIN_CHUNKS = 2000
+
+
+def _definition(conn: psycopg.Connection) -> str | None:
+    row = conn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND indexname = %s", (INDEX_NAME,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _build(conn: psycopg.Connection, definition: str, maintenance_work_mem: str) -> None:
+    if not re.fullmatch(r"\d+(kB|MB|GB)", maintenance_work_mem):
+        raise ValueError(f"maintenance_work_mem must look like 512MB or 1GB, not {maintenance_work_mem!r}")
+    started = time.perf_counter()
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+    conn.execute(definition.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1))
+    log.info("built the vector index in %.1f s", time.perf_counter() - started)
+
+
+def ensure_vector_index(pool: ConnectionPool, maintenance_work_mem: str = "1GB") -> None:
+    """Recreate the HNSW index if an interrupted bulk load left it dropped."""
+    with psycopg.connect(pool.conninfo, autocommit=True) as conn:
+        if _definition(conn) is None:
+            log.warning("the vector index is missing (an interrupted bulk ingest?): rebuilding it")
+            _build(conn, DEFAULT_DEFINITION, maintenance_work_mem)
+
+
+class DeferredVectorIndex:
+    """Drops the HNSW index for the rest of one ingest once it turns out to be a bulk load; `restore` rebuilds it."""
+
+    def __init__(self, pool: ConnectionPool, maintenance_work_mem: str = "1GB") -> None:
+        self.pool = pool
+        self.maintenance_work_mem = maintenance_work_mem
+        self.definition: str | None = None
+        self._rows_before: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.definition is not None
+
+    def consider(self, incoming_chunks: int) -> None:
+        """Defer the index when this ingest's chunks so far reach the table's size (and BULK_MIN_CHUNKS)."""
+        if self.active or incoming_chunks < BULK_MIN_CHUNKS:
+            return
+        with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
+            if self._rows_before is None:
+                estimate = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = 'chunks'::regclass")
+                rows = estimate.fetchone()[0]
+                self._rows_before = rows if rows >= 0 else conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            if incoming_chunks < self._rows_before:
+                return
+            definition = _definition(conn)
+            if definition is None:
+                return
+            conn.execute("SET lock_timeout = '5s'")  # never queue readers behind us for long
+            try:
+                conn.execute(f"DROP INDEX IF EXISTS {INDEX_NAME}")
+            except psycopg.errors.LockNotAvailable:
+                log.info("vector index busy; inserting into it row by row instead")
+                return
+            self.definition = definition
+            log.info("bulk load of %d+ chunks: building the vector index after the writes", incoming_chunks)
+
+    def restore(self) -> None:
+        if self.definition is None:
+            return
+        definition, self.definition = self.definition, None
+        with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
+            _build(conn, definition, self.maintenance_work_mem)
