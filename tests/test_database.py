@@ -159,3 +159,12 @@ def test_wrong_shared_buffers_setting_is_refused_by_name(tmp_path: Path):
 
     with pytest.raises(ConfigError, match="EMBEDDED_SHARED_BUFFERS='2 gigs': use 'auto'"):
         load_settings(home=tmp_path, embedded_shared_buffers="2 gigs")
+
+
+def test_chunk_vectors_are_stored_in_the_row(db):
+    """Migration 0004: an exact scan must not fetch each vector from TOAST."""
+    with db.pool.connection() as conn:
+        storage = conn.execute(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
+        ).fetchone()[0]
+    assert storage == "m"
