@@ -4,8 +4,10 @@ Inserting into an HNSW graph costs about 1.8 ms per 384-d row on a small CPU (5.
 3,168 SciFact chunks), several times what building the graph over the same rows costs. So when one ingest brings at
 least as many chunks as the table already holds (and at least `BULK_MIN_CHUNKS`), the index is dropped before its
 writes and rebuilt after them with a large `maintenance_work_mem`. Every file still commits in its own transaction;
-searches meanwhile stay correct, only exact (a sequential scan) instead of approximate. An ingest killed in between
-leaves no index behind, so each ingest first recreates a missing one (`ensure_vector_index`).
+searches meanwhile stay correct, only exact (a sequential scan) instead of approximate. The bulk load holds a session
+advisory lock until the index is back, so a concurrent ingest does not mistake the dropped index for damage; an
+ingest killed in between releases the lock with its connection and leaves no index, so each ingest first recreates
+a missing one when nobody holds the lock (`ensure_vector_index`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,19 @@ DEFAULT_DEFINITION = (
     f"CREATE INDEX {INDEX_NAME} ON chunks USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
 )
 BULK_MIN_CHUNKS = 2000
+_LOCK_KEY = "ragtune:bulk-vector-index"
+
+
+def _connect(pool: ConnectionPool) -> psycopg.Connection:
+    """A connection of its own (autocommit DDL), with no statement timeout a managed server may impose."""
+    conn = psycopg.connect(pool.conninfo, autocommit=True, connect_timeout=10)
+    conn.execute("SET statement_timeout = 0")
+    return conn
+
+
+def _try_lock(conn: psycopg.Connection) -> bool:
+    """The bulk-load lock, held by this session until its connection closes."""
+    return conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_LOCK_KEY,)).fetchone()[0]
 
 
 def _definition(conn: psycopg.Connection) -> str | None:
@@ -44,8 +59,12 @@ def _build(conn: psycopg.Connection, definition: str, maintenance_work_mem: str)
 
 
 def ensure_vector_index(pool: ConnectionPool, maintenance_work_mem: str = "1GB") -> None:
-    """Recreate the HNSW index if an interrupted bulk load left it dropped."""
-    with psycopg.connect(pool.conninfo, autocommit=True) as conn:
+    """Recreate the HNSW index if an interrupted bulk load left it dropped (not one still running)."""
+    with _connect(pool) as conn:
+        if _definition(conn) is not None:
+            return
+        if not _try_lock(conn):
+            return  # a bulk load is writing; it rebuilds the index itself
         if _definition(conn) is None:
             log.warning("the vector index is missing (an interrupted bulk ingest?): rebuilding it")
             _build(conn, DEFAULT_DEFINITION, maintenance_work_mem)
@@ -58,6 +77,7 @@ class DeferredVectorIndex:
         self.pool = pool
         self.maintenance_work_mem = maintenance_work_mem
         self.definition: str | None = None
+        self._conn: psycopg.Connection | None = None
         self._rows_before: int | None = None
 
     @property
@@ -68,28 +88,37 @@ class DeferredVectorIndex:
         """Defer the index when this ingest's chunks so far reach the table's size (and BULK_MIN_CHUNKS)."""
         if self.active or incoming_chunks < BULK_MIN_CHUNKS:
             return
-        with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
+        conn = _connect(self.pool)
+        try:
             if self._rows_before is None:
                 estimate = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = 'chunks'::regclass")
-                rows = estimate.fetchone()[0]
-                self._rows_before = rows if rows >= 0 else conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-            if incoming_chunks < self._rows_before:
+                rows = estimate.fetchone()[0]  # -1 (or 0 before PostgreSQL 14) until the table is first analysed
+                self._rows_before = rows if rows > 0 else conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            if incoming_chunks < self._rows_before or not _try_lock(conn):
+                conn.close()
                 return
             definition = _definition(conn)
-            if definition is None:
-                return
-            conn.execute("SET lock_timeout = '5s'")  # never queue readers behind us for long
-            try:
-                conn.execute(f"DROP INDEX IF EXISTS {INDEX_NAME}")
-            except psycopg.errors.LockNotAvailable:
-                log.info("vector index busy; inserting into it row by row instead")
-                return
-            self.definition = definition
-            log.info("bulk load of %d+ chunks: building the vector index after the writes", incoming_chunks)
+            conn.execute("SET lock_timeout = '5s'")  # never queue readers behind the DROP for long
+            conn.execute(f"DROP INDEX IF EXISTS {INDEX_NAME}")
+            conn.execute("RESET lock_timeout")
+        except psycopg.errors.LockNotAvailable:
+            log.info("vector index busy; inserting into it row by row instead")
+            conn.close()
+            return
+        except BaseException:
+            conn.close()
+            raise
+        if definition is None:
+            conn.close()
+            return
+        self.definition, self._conn = definition, conn
+        log.info("bulk load of %d+ chunks: building the vector index after the writes", incoming_chunks)
 
     def restore(self) -> None:
+        """Rebuild the index on the connection that holds the lock; closing it releases the lock."""
         if self.definition is None:
             return
-        definition, self.definition = self.definition, None
-        with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
+        definition, conn = self.definition, self._conn
+        self.definition, self._conn = None, None
+        with conn:
             _build(conn, definition, self.maintenance_work_mem)

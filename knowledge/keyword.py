@@ -43,7 +43,9 @@ q AS (
 )"""
 
 # Candidates from the highest-impact postings of each term (no filter besides the collection): `depth` postings for
-# the query's rarest term, fewer for commoner ones in proportion to their IDF (never under a tenth of `depth`).
+# the query's rarest term, fewer for commoner ones in proportion to their IDF (never under a tenth of `depth`). The
+# rarest term is taken over every searched collection: one budget per query, so adding collections to a search
+# does not multiply the postings it reads.
 PRUNED = """
 bm25 AS (
     SELECT p.chunk_id AS id, sum(t.idf * p.impact) AS score

@@ -167,6 +167,7 @@ class KnowledgeStore:
         # Let psycopg prepare a query text after a few runs (its connection's prepare_threshold; None there turns
         # it off, e.g. behind PgBouncer): the hybrid statement plans in ~3-8 ms, a large share of its latency. The
         # session settings hnsw.ef_search / iterative_scan are read at execution, so cached plans honour them.
+        # prepare=False (a transaction pooler) also sets those per transaction, never for the session.
         self.prepare = bool(prepare)
 
     # ------------------------------------------------------------------ ingest
@@ -441,8 +442,14 @@ class KnowledgeStore:
             sql = sql.replace(f"%({name})s", str(int(value)))
         with self.pool.connection() as conn:
             try:
-                if mode != "keyword":
+                if mode != "keyword" and self.prepare:
                     _use_hnsw_settings(conn, max(self.ef_search, n))
+                elif mode != "keyword":  # behind a transaction pooler a session SET would reach other clients
+                    conn.execute(
+                        "SELECT set_config('hnsw.ef_search', %s, true),"
+                        " set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+                        (str(max(self.ef_search, n)),),
+                    )
                 rows = conn.execute(sql, params, prepare=None if self.prepare else False).fetchall()
             except BaseException:
                 _HNSW_SESSION.pop(conn, None)  # a rollback undoes the session SET too

@@ -149,6 +149,13 @@ def test_embedded_server_applies_shared_buffers_once(state_root: Path):
             assert conn.execute("SHOW shared_buffers").fetchone()[0] == "192MB"
         with pytest.raises(ValueError, match="512MB"):
             server.start(pgdata, shared_buffers="lots")
+        server.start(pgdata, shared_buffers="100000GB")  # more than the machine has: refused, not written
+        server.stop(pgdata)
+        with connect(server.start(pgdata)) as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone()[0] == "192MB"
+        auto_conf = pgdata / "postgresql.auto.conf"
+        server._forget_setting(pgdata, "shared_buffers")
+        assert "shared_buffers" not in auto_conf.read_text() and "ALTER SYSTEM" in auto_conf.read_text()
     finally:
         server.stop(pgdata)
     assert 128 <= int(server.auto_shared_buffers().removesuffix("MB")) <= 2048

@@ -164,23 +164,23 @@ def test_hybrid_keeps_cosine_scores_and_both_rankings(store: KnowledgeStore, col
 
 
 def test_hnsw_settings_survive_a_failed_search(store: KnowledgeStore, collection: str, tmp_path: Path) -> None:
-    """ef_search is set once per pooled connection; a search that fails (and rolls back that SET) must not leave the
-    store believing the connection still has it."""
+    """ef_search is set once per pooled connection; a search that fails rolls that SET back, and the store must
+    then set it again rather than trust its memo. One pooled connection, so every search shares it."""
+    from psycopg_pool import ConnectionPool
+
+    from bot.db.connection import _configure
     from knowledge import store as store_module
 
     store.ingest([_write(tmp_path / "r.jsonl", RECORDS)], collection)
-    wide = KnowledgeStore(store.pool, store.embedder, ef_search=321)
-    with store.pool.connection() as conn:  # the pool may hand out any connection: prime them all the same way
-        store_module._HNSW_SESSION.pop(conn, None)
-    assert wide.search("enzyme", collection=collection, k=2, mode="dense")
-    with store.pool.connection() as conn:
-        if conn in store_module._HNSW_SESSION:
+    with ConnectionPool(store.pool.conninfo, min_size=1, max_size=1, configure=_configure) as pool:
+        first = KnowledgeStore(pool, store.embedder, ef_search=321)
+        second = KnowledgeStore(pool, store.embedder, ef_search=222)
+        assert first.search("enzyme", collection=collection, k=2, mode="dense")
+        with pool.connection() as conn:
             assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "321"
-    with pytest.raises(Exception, match="dimensions"):
-        wide.search("enzyme", collection=collection, k=2, mode="dense", embedding=[0.1, 0.2, 0.3])
-    for _ in range(3):
-        hits = wide.search("enzyme", collection=collection, k=2, mode="hybrid")
-        assert len(hits) == 2
-        with store.pool.connection() as conn:
-            if conn in store_module._HNSW_SESSION:
-                assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == str(store_module._HNSW_SESSION[conn])
+        with pytest.raises(Exception, match="dimensions"):  # sets 222, then fails: the rollback restores 321
+            second.search("enzyme", collection=collection, k=2, mode="dense", embedding=[0.1, 0.2, 0.3])
+        assert len(second.search("enzyme", collection=collection, k=2, mode="hybrid")) == 2
+        with pool.connection() as conn:
+            assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "222"
+            assert store_module._HNSW_SESSION[conn] == 222

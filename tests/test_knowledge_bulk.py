@@ -79,7 +79,7 @@ def test_bulk_ingest_writes_without_the_index_and_rebuilds_it(
 
 
 def test_interrupted_bulk_load_restores_the_index(
-    store: KnowledgeStore, fresh_db: Database, tmp_path: Path, monkeypatch
+    store: KnowledgeStore, fresh_db: Database, tmp_path: Path, monkeypatch, caplog
 ) -> None:
     definition = _index(fresh_db)
     with fresh_db.pool.connection() as conn:
@@ -89,8 +89,9 @@ def test_interrupted_bulk_load_restores_the_index(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(store, "_write_file", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with caplog.at_level("INFO", logger="knowledge"), pytest.raises(KeyboardInterrupt):
         store.ingest([_records(tmp_path / "c.jsonl", "c", before + 8)], "bulk-stop")
+    assert any("bulk load" in r.getMessage() for r in caplog.records), "the index should have been dropped"
     assert _index(fresh_db) == definition
     monkeypatch.undo()
 
@@ -98,4 +99,18 @@ def test_interrupted_bulk_load_restores_the_index(
     with fresh_db.pool.connection() as conn:
         conn.execute(f"DROP INDEX {bulk.INDEX_NAME}")
     store.ingest([_records(tmp_path / "d.jsonl", "d", 2)], "bulk-repair")
+    assert _index(fresh_db) == definition
+
+
+def test_repair_leaves_a_running_bulk_load_alone(fresh_db: Database) -> None:
+    """A second ingest starting while a bulk load has the index dropped must not rebuild it under the writes."""
+    definition = _index(fresh_db)
+    deferred = bulk.DeferredVectorIndex(fresh_db.pool)
+    deferred.consider(10**9)
+    try:
+        assert deferred.active and _index(fresh_db) is None
+        bulk.ensure_vector_index(fresh_db.pool)
+        assert _index(fresh_db) is None
+    finally:
+        deferred.restore()
     assert _index(fresh_db) == definition

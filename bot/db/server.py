@@ -10,6 +10,8 @@ import logging
 import os
 import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,29 +57,67 @@ def start(pgdata: Path, *, shared_buffers: str | None = None) -> str:
     `shared_buffers` ('auto' or a size such as 512MB) is written to the server's own configuration. PostgreSQL's
     default of 128MB holds only part of a 100k-chunk store's HNSW graph and BM25 postings, and every page fetched
     from the OS cache instead adds to query latency. The value needs a restart: a server this call starts is
-    restarted once (a second or two, the first time only); one already running keeps its value until its next start.
+    restarted once (a second or two, the first time only), under a file lock so that no other ragtune process is
+    connected meanwhile; one already running keeps its value until its next start. If the server does not come
+    back with the value (more memory than the machine can give), the value is removed and it starts without it.
     """
     pgdata = pgdata.expanduser().resolve()
-    running = _postmaster_info(pgdata) if pgdata.is_dir() else None
-    if running is not None:
-        if shared_buffers:
-            _configure_memory(running.get_uri(), shared_buffers)
-        return running.get_uri()
-    uri = _start(pgdata)
-    if shared_buffers and _configure_memory(uri, shared_buffers):
-        log.info("restarting embedded PostgreSQL to apply shared_buffers")
-        stop(pgdata)
+    with _start_lock(pgdata):
+        running = _postmaster_info(pgdata) if pgdata.is_dir() else None
+        if running is not None:
+            if shared_buffers:
+                _configure_memory(running.get_uri(), shared_buffers)
+            return running.get_uri()
         uri = _start(pgdata)
-    return uri
+        if shared_buffers and _configure_memory(uri, shared_buffers):
+            log.info("restarting embedded PostgreSQL to apply shared_buffers")
+            stop(pgdata)
+            try:
+                uri = _start(pgdata)
+            except EmbeddedServerError as exc:
+                log.warning("the embedded server did not start with the new shared_buffers; removing it: %s", exc)
+                _forget_setting(pgdata, "shared_buffers")
+                uri = _start(pgdata)
+        return uri
 
 
-def auto_shared_buffers() -> str:
-    """An eighth of physical memory, between PostgreSQL's default 128MB and 2GB (an app's database, not a server's)."""
+@contextmanager
+def _start_lock(pgdata: Path) -> Iterator[None]:
+    """One ragtune process at a time starts (and possibly restarts) a given data dir."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no restart race worth a lock file
+        yield
+        return
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with open(pgdata.parent / f".{pgdata.name}.start-lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _memory_bytes() -> int | None:
+    """Physical memory, or the container's memory limit when that is lower (cgroup v2 / v1)."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return "128MB"
-    return f"{max(128, min(2048, total // 8 // 2**20))}MB"
+        return None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def auto_shared_buffers() -> str:
+    """An eighth of memory, between PostgreSQL's default 128MB and 2GB (an app's database, not a server's)."""
+    total = _memory_bytes()
+    return f"{max(128, min(2048, total // 8 // 2**20))}MB" if total else "128MB"
 
 
 def _configure_memory(uri: str, shared_buffers: str) -> bool:
@@ -88,16 +128,29 @@ def _configure_memory(uri: str, shared_buffers: str) -> bool:
     wanted = auto_shared_buffers() if shared_buffers == "auto" else shared_buffers
     if not re.fullmatch(r"\d+(kB|MB|GB)", wanted):
         raise ValueError(f"shared_buffers must be 'auto' or a size such as 512MB, not {shared_buffers!r}")
+    total = _memory_bytes()
     try:
         with psycopg.connect(uri, autocommit=True, connect_timeout=10) as conn:
-            query = "SELECT pg_size_bytes(current_setting('shared_buffers')) = pg_size_bytes(%s)"
-            if conn.execute(query, (wanted,)).fetchone()[0]:
+            size = conn.execute("SELECT pg_size_bytes(%s)", (wanted,)).fetchone()[0]
+            if total and size > total // 2:
+                log.warning("shared_buffers=%s is over half of this machine's memory: not applied", wanted)
+                return False
+            query = "SELECT pg_size_bytes(current_setting('shared_buffers')) = %s"
+            if conn.execute(query, (size,)).fetchone()[0]:
                 return False
             conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(sql.Literal(wanted)))
     except psycopg.Error as exc:  # tuning must never keep the database from starting
         log.warning("could not set shared_buffers=%s on the embedded server: %s", wanted, exc)
         return False
     return True
+
+
+def _forget_setting(pgdata: Path, name: str) -> None:
+    """Drop a setting from postgresql.auto.conf (the server is stopped: ALTER SYSTEM RESET needs it running)."""
+    auto_conf = pgdata / "postgresql.auto.conf"
+    if auto_conf.is_file():
+        lines = auto_conf.read_text().splitlines(keepends=True)
+        auto_conf.write_text("".join(line for line in lines if not re.match(rf"\s*{name}\s*=", line)))
 
 
 def _start(pgdata: Path) -> str:
