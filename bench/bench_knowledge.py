@@ -38,6 +38,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 
+from knowledge import bulk  # noqa: E402
 from knowledge.chunking import chunk_document  # noqa: E402
 from knowledge.embedding import Embedder  # noqa: E402
 from knowledge.evaluation import load_beir, percentile, score_run, unique_documents  # noqa: E402
@@ -258,7 +259,7 @@ def scale_point(db, store: KnowledgeStore, target: int, queries: dict, qvecs: di
                 (n_docs,),
             )
         ]
-        conn.execute("DROP INDEX chunks_embedding_hnsw_idx")
+        conn.execute(f"DROP INDEX {bulk.INDEX_NAME}")
         with (
             conn.cursor() as cur,
             cur.copy(
@@ -275,12 +276,8 @@ def scale_point(db, store: KnowledgeStore, target: int, queries: dict, qvecs: di
                     copy.write_row((doc_ids[i % n_docs], i // n_docs, text, vec, Jsonb({})))
     load_s = time.perf_counter() - started
     started = time.perf_counter()
-    with db.pool.connection() as conn:
-        conn.execute("SET maintenance_work_mem = '1GB'")
-        conn.execute(
-            "CREATE INDEX chunks_embedding_hnsw_idx ON chunks USING hnsw (embedding vector_cosine_ops)"
-            " WITH (m = 16, ef_construction = 64)"
-        )
+    with bulk.maintenance_connection(db.pool, "1GB") as conn:
+        conn.execute(bulk.DEFAULT_DEFINITION)
         total = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
     index_s = time.perf_counter() - started
     # What autovacuum reaches soon after a bulk load: statistics, and a visibility map for index-only scans.

@@ -18,8 +18,7 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from knowledge.bulk import DeferredVectorIndex, ensure_vector_index
+from knowledge.bulk import DeferredVectorIndex, ensure_vector_index, maintenance_connection
 from knowledge.chunking import Chunk, chunk_document
 from knowledge.embedding import Embedder
 from knowledge.keyword import FUSIONS, Fusion, hybrid_ctes, keyword_ctes
@@ -200,10 +199,12 @@ class KnowledgeStore:
         report.failed.extend(problems)
         wave: list[_PreparedFile] = []
         renames = {str(Path(k).resolve()): v for k, v in (source_names or {}).items()}
-        deferred = DeferredVectorIndex(self.pool)
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(files), unit="file", desc="ingest", disable=not progress) as bar, _restoring(deferred):
+        with (
+            tqdm(total=len(files), unit="file", desc="ingest", disable=not progress) as bar,
+            DeferredVectorIndex(self.pool) as deferred,
+        ):
             for path in files:
                 try:
                     source = renames.get(str(Path(path).resolve()))
@@ -442,14 +443,8 @@ class KnowledgeStore:
             sql = sql.replace(f"%({name})s", str(int(value)))
         with self.pool.connection() as conn:
             try:
-                if mode != "keyword" and self.prepare:
-                    _use_hnsw_settings(conn, max(self.ef_search, n))
-                elif mode != "keyword":  # behind a transaction pooler a session SET would reach other clients
-                    conn.execute(
-                        "SELECT set_config('hnsw.ef_search', %s, true),"
-                        " set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-                        (str(max(self.ef_search, n)),),
-                    )
+                if mode != "keyword":
+                    _use_hnsw_settings(conn, max(self.ef_search, n), session=self.prepare)
                 rows = conn.execute(sql, params, prepare=None if self.prepare else False).fetchall()
             except BaseException:
                 _HNSW_SESSION.pop(conn, None)  # a rollback undoes the session SET too
@@ -493,10 +488,7 @@ class KnowledgeStore:
 
     def rebuild_indexes(self, maintenance_work_mem: str = "1GB") -> None:
         """Rebuild the HNSW and full-text indexes without blocking readers (after a very large bulk load)."""
-        if not re.fullmatch(r"\d+(kB|MB|GB)", maintenance_work_mem):
-            raise ValueError(f"maintenance_work_mem must look like 512MB or 1GB, not {maintenance_work_mem!r}")
-        with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
-            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+        with maintenance_connection(self.pool, maintenance_work_mem) as conn:
             for index in ("chunks_embedding_hnsw_idx", "chunks_tsv_idx", "bm25_postings_impact_idx"):
                 conn.execute(f"REINDEX INDEX CONCURRENTLY {index}")
 
@@ -507,23 +499,18 @@ class KnowledgeStore:
 _HNSW_SESSION: weakref.WeakKeyDictionary[psycopg.Connection, int] = weakref.WeakKeyDictionary()
 
 
-def _use_hnsw_settings(conn: psycopg.Connection, ef_search: int) -> None:
-    if _HNSW_SESSION.get(conn) == ef_search:
+def _use_hnsw_settings(conn: psycopg.Connection, ef_search: int, *, session: bool) -> None:
+    """`session=False` sets them for this transaction only: behind a transaction pooler (statements not prepared),
+    a session SET would reach whichever client gets that server connection next."""
+    if session and _HNSW_SESSION.get(conn) == ef_search:
         return
+    local = not session
     conn.execute(
-        "SELECT set_config('hnsw.ef_search', %s, false), set_config('hnsw.iterative_scan', 'relaxed_order', false)",
-        (str(ef_search),),
+        "SELECT set_config('hnsw.ef_search', %s, %s), set_config('hnsw.iterative_scan', 'relaxed_order', %s)",
+        (str(ef_search), local, local),
     )
-    _HNSW_SESSION[conn] = ef_search
-
-
-@contextmanager
-def _restoring(deferred: DeferredVectorIndex) -> Iterator[None]:
-    """Rebuild a deferred vector index however the ingest ends (an error, Ctrl-C)."""
-    try:
-        yield
-    finally:
-        deferred.restore()
+    if session:
+        _HNSW_SESSION[conn] = ef_search
 
 
 def _check_collection_name(name: str) -> None:

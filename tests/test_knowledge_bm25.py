@@ -184,3 +184,21 @@ def test_hnsw_settings_survive_a_failed_search(store: KnowledgeStore, collection
         with pool.connection() as conn:
             assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "222"
             assert store_module._HNSW_SESSION[conn] == 222
+
+
+def test_unprepared_store_sets_hnsw_only_for_its_transaction(
+    store: KnowledgeStore, collection: str, tmp_path: Path
+) -> None:
+    """prepare=False is for transaction poolers: there a session SET would reach other clients, so none is made."""
+    from psycopg_pool import ConnectionPool
+
+    from bot.db.connection import _configure
+    from knowledge import store as store_module
+
+    store.ingest([_write(tmp_path / "r.jsonl", RECORDS)], collection)
+    with ConnectionPool(store.pool.conninfo, min_size=1, max_size=1, configure=_configure) as pool:
+        pooled = KnowledgeStore(pool, store.embedder, ef_search=333, prepare=False)
+        assert len(pooled.search("enzyme", collection=collection, k=2, mode="hybrid")) == 2
+        with pool.connection() as conn:
+            assert conn.execute("SELECT current_setting('hnsw.ef_search', true)").fetchone()[0] != "333"
+            assert conn not in store_module._HNSW_SESSION

@@ -114,9 +114,10 @@ def _memory_bytes() -> int | None:
     return total
 
 
-def auto_shared_buffers() -> str:
-    """An eighth of memory, between PostgreSQL's default 128MB and 2GB (an app's database, not a server's)."""
-    total = _memory_bytes()
+def auto_shared_buffers(total: int | None = None) -> str:
+    """An eighth of memory (`total` bytes, default this machine's), between PostgreSQL's default 128MB and 2GB
+    (an app's database, not a server's)."""
+    total = total if total is not None else _memory_bytes()
     return f"{max(128, min(2048, total // 8 // 2**20))}MB" if total else "128MB"
 
 
@@ -125,10 +126,10 @@ def _configure_memory(uri: str, shared_buffers: str) -> bool:
     import psycopg
     from psycopg import sql
 
-    wanted = auto_shared_buffers() if shared_buffers == "auto" else shared_buffers
+    total = _memory_bytes()
+    wanted = auto_shared_buffers(total) if shared_buffers == "auto" else shared_buffers
     if not re.fullmatch(r"\d+(kB|MB|GB)", wanted):
         raise ValueError(f"shared_buffers must be 'auto' or a size such as 512MB, not {shared_buffers!r}")
-    total = _memory_bytes()
     try:
         with psycopg.connect(uri, autocommit=True, connect_timeout=10) as conn:
             size = conn.execute("SELECT pg_size_bytes(%s)", (wanted,)).fetchone()[0]
