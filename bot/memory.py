@@ -119,6 +119,18 @@ def fold_into_summary(summary: str, old: Sequence[StoredMessage], max_chars: int
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class TurnDetails:
+    """What a turn records beside its two texts (save_turn's keyword arguments)."""
+
+    route: str | None = None
+    confidence: float | None = None
+    reason: str | None = None
+    sources: list[dict[str, Any]] | None = None
+    adapter: str | None = None
+    timings: dict[str, Any] | None = None
+
+
 @dataclass
 class PendingTurn:
     """A turn answered while the database was down: written, in order, by the first call that reaches it again."""
@@ -127,7 +139,7 @@ class PendingTurn:
     owner: str
     user_text: str
     answer: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    details: TurnDetails = field(default_factory=TurnDetails)
 
 
 class MemoryStore:
@@ -154,12 +166,13 @@ class MemoryStore:
     def defer_turn(self, session_id: str, owner: str, user_text: str, answer: str, **extra: Any) -> bool:
         """Hold a turn that could not be saved; False when the queue is full (the turn is then lost: say so)."""
         _check_owner(owner)
+        details = TurnDetails(**extra)  # an unknown field fails here, not when the turn is finally written
         with self._pending_lock:
             if len(self.pending) >= MAX_PENDING_TURNS:
                 log.error("%d turns already wait for the database: turn of session %s not kept", len(self.pending),
                           session_id)  # fmt: skip
                 return False
-            self.pending.append(PendingTurn(session_id, owner, user_text, answer, extra))
+            self.pending.append(PendingTurn(session_id, owner, user_text, answer, details))
         return True
 
     def _flush_pending(self, conn: Any) -> None:
@@ -170,8 +183,7 @@ class MemoryStore:
                 turn = self.pending[0]
                 try:
                     with conn.transaction():
-                        self._insert_turn(conn, turn.session_id, turn.owner, turn.user_text, turn.answer,
-                                          **turn.extra)  # fmt: skip
+                        self._insert_turn(conn, turn.session_id, turn.owner, turn.user_text, turn.answer, turn.details)
                     log.info("saved a turn held back during a database outage (session %s)", turn.session_id)
                 except SessionNotFound:  # deleted meanwhile (or never this owner's): nothing to attach it to
                     log.warning("dropping a held-back turn: session %s no longer exists", turn.session_id)
@@ -287,25 +299,12 @@ class MemoryStore:
         The session row is locked first, so two concurrent turns of one session get consecutive numbers.
         """
         _check_owner(owner)
-        extra = {"route": route, "confidence": confidence, "reason": reason, "sources": sources, "adapter": adapter,
-                 "timings": timings}  # fmt: skip
+        details = TurnDetails(route, confidence, reason, sources, adapter, timings)
         with self._connection() as conn, conn.transaction():
-            return self._insert_turn(conn, session_id, owner, user_text, answer, **extra)
+            return self._insert_turn(conn, session_id, owner, user_text, answer, details)
 
     def _insert_turn(
-        self,
-        conn: Any,
-        session_id: str,
-        owner: str,
-        user_text: str,
-        answer: str,
-        *,
-        route: str | None = None,
-        confidence: float | None = None,
-        reason: str | None = None,
-        sources: list[dict[str, Any]] | None = None,
-        adapter: str | None = None,
-        timings: dict[str, Any] | None = None,
+        self, conn: Any, session_id: str, owner: str, user_text: str, answer: str, details: TurnDetails
     ) -> int:
         """The two rows of one turn, inside the caller's transaction."""
         row = conn.execute(
@@ -319,13 +318,14 @@ class MemoryStore:
         conn.execute(
             "INSERT INTO messages (session_id, turn, role, content, route, adapter)"
             " VALUES (%s, %s, 'user', %s, %s, %s)",
-            (*base, user_text, route, adapter),
+            (*base, user_text, details.route, details.adapter),
         )
         conn.execute(
             "INSERT INTO messages (session_id, turn, role, content, route, confidence, reason, sources,"
             " adapter, timings) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s, %s, %s)",
-            (*base, answer, route, confidence, reason, Jsonb(sources or []), adapter, Jsonb(timings or {})),
-        )
+            (*base, answer, details.route, details.confidence, details.reason, Jsonb(details.sources or []),
+             details.adapter, Jsonb(details.timings or {})),
+        )  # fmt: skip
         title = row[0] or _first_sentence(user_text, 60)
         conn.execute("UPDATE sessions SET updated_at = now(), title = %s WHERE id = %s", (title, session_id))
         return turn

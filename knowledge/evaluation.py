@@ -118,11 +118,12 @@ def run_queries(
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (0 for no values): p95 of 20 latencies is the 19th, not an interpolation."""
     if not values:
         return 0.0
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, math.ceil(pct / 100 * len(ordered)) - 1))
-    return ordered[index]
+    return float(ordered[index])
 
 
 def evaluate_store(store, beir: BeirSet, collection: str, modes: Sequence[str], k: int = 150) -> list[RetrievalScores]:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -114,7 +115,7 @@ def load_file(path: Path) -> list[LoadedDocument]:
         docs = [LoadedDocument(source=source, title=title, sha256=sha, sections=sections, metadata=metadata)]
     for doc in docs:  # PostgreSQL text and jsonb cannot hold NUL; some PDFs and JSON records carry them
         doc.title = doc.title.replace("\x00", "")
-        doc.metadata = _without_nul(doc.metadata)
+        doc.metadata = without_nul(doc.metadata)
         for section in doc.sections:
             section.text = section.text.replace("\x00", "")
             section.heading = section.heading.replace("\x00", "")
@@ -125,13 +126,14 @@ def load_file(path: Path) -> list[LoadedDocument]:
     return docs
 
 
-def _without_nul(value: object) -> object:
+def without_nul(value: Any) -> Any:
+    """Every string (keys too) with its NUL characters removed: PostgreSQL text and jsonb cannot store them."""
     if isinstance(value, str):
         return value.replace("\x00", "")
     if isinstance(value, list):
-        return [_without_nul(v) for v in value]
+        return [without_nul(v) for v in value]
     if isinstance(value, dict):
-        return {str(_without_nul(k)): _without_nul(v) for k, v in value.items()}
+        return {str(without_nul(k)): without_nul(v) for k, v in value.items()}
     return value
 
 

@@ -15,12 +15,12 @@ from bot.evaluate.metrics import (
     contains_answer,
     normalize_answer,
     paired_bootstrap_diff,
-    percentile,
     token_f1,
 )
 from bot.evaluate.qa import QARunner
 from bot.evaluate.report import render_html, scatter_svg
 from bot.evaluate.verdict import decide
+from knowledge.evaluation import percentile
 
 
 def test_normalisation_drops_case_punctuation_and_articles():

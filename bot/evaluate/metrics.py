@@ -8,7 +8,6 @@ bootstrap (the same resampled questions for both), which is what "A beats B on t
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import Counter
@@ -48,15 +47,6 @@ def contains_answer(prediction: str, gold: str) -> bool:
     if not gold_norm:
         return False
     return f" {gold_norm} " in f" {normalize_answer(prediction)} "
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (0 for no values): p95 of 20 latencies is the 19th, not an interpolation."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(pct / 100 * len(ordered)) - 1))
-    return float(ordered[index])
 
 
 def bootstrap_ci(

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.evaluate.faithfulness import FaithfulnessScorer, cited_numbers
-from bot.evaluate.metrics import bootstrap_ci, contains_answer, percentile, token_f1
+from bot.evaluate.metrics import bootstrap_ci, contains_answer, token_f1
+from knowledge.evaluation import percentile
 
 log = logging.getLogger(__name__)
 

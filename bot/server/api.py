@@ -32,6 +32,7 @@ from bot.db.connection import UNAVAILABLE_ERRORS
 from bot.llm.types import GeneratorUnavailable
 from bot.memory import SessionNotFound
 from bot.server.auth import api_owner, may_use_collection, readable_collections, redact
+from knowledge.loaders import without_nul
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,6 @@ class ApiError(Exception):
 
 def error_body(message: str, code: str, param: str | None = None, kind: str = "invalid_request_error") -> dict:
     return {"error": {"message": message, "type": kind, "code": code, "param": param}}
-
-
-def without_nul(value: Any) -> Any:
-    """Every string with its NUL characters removed: PostgreSQL text and jsonb cannot store them."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, list):
-        return [without_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {without_nul(k): without_nul(v) for k, v in value.items()}
-    return value
 
 
 class Body(BaseModel):
