@@ -26,8 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx  # noqa: E402
 
-from bench.load import free_port, percentile, stop_app  # noqa: E402
+from bench.load import free_port, stop_app  # noqa: E402
 from bench.load import start_app as start_loaded_app  # noqa: E402
+from knowledge.evaluation import percentile  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -133,10 +134,10 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict:
         "turns_planned": args.sessions * args.turns,
         "errors": len(turns) - len(ok),
         "error_samples": [t["error"] for t in turns if t["error"]][:5],
-        "ttft_p50_s": percentile(ttfts, 0.5),
-        "ttft_p95_s": percentile(ttfts, 0.95),
-        "turn_p50_s": percentile(totals, 0.5),
-        "turn_p95_s": percentile(totals, 0.95),
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p95_s": percentile(ttfts, 95),
+        "turn_p50_s": percentile(totals, 50),
+        "turn_p95_s": percentile(totals, 95),
         "turn_mean_s": statistics.fmean(totals) if totals else float("nan"),
         "wall_s": wall,
         "turns_per_minute": len(ok) / wall * 60 if wall else 0.0,

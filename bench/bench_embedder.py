@@ -33,7 +33,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from knowledge.embedding import Embedder  # noqa: E402
-from knowledge.evaluation import load_beir, ndcg_at_k, unique_documents  # noqa: E402
+from knowledge.evaluation import load_beir, ndcg_at_k, percentile, unique_documents  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -102,7 +102,7 @@ def query_latency(embedders: dict[str, Embedder], messages: list[str], threads: 
         if embedder.onnx is not None and threads != 1:
             embedder.onnx.query_session = embedder.onnx._session(1)
     torch.set_num_threads(previous)
-    return {n: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95))} for n, t in times.items()}
+    return {n: {"p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95)} for n, t in times.items()}
 
 
 def quality(embedders: dict[str, Embedder], limit: int) -> dict:

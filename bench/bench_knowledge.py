@@ -43,12 +43,12 @@ from knowledge.chunking import chunk_document  # noqa: E402
 from knowledge.embedding import Embedder  # noqa: E402
 from knowledge.evaluation import load_beir, percentile, score_run, unique_documents  # noqa: E402
 from knowledge.loaders import load_file  # noqa: E402
+from knowledge.search_modes import SEARCH_MODES  # noqa: E402
 from knowledge.store import KnowledgeStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "scifact"
 BASELINE_SITE = Path("/work/bench-venv/site")
-MODES = ("dense", "keyword", "hybrid")
 K = 100
 
 log = logging.getLogger("bench_knowledge")
@@ -134,7 +134,7 @@ def run_ragtune(db, embedder, corpus, beir, qvecs) -> dict:
 
     return {
         "ingest": {"chunks": report.chunks, "seconds": round(seconds, 2), "chunks_per_s": report.chunks / seconds},
-        "modes": summarise("ragtune", latency_table(search, beir.queries, qvecs, MODES), beir.qrels),
+        "modes": summarise("ragtune", latency_table(search, beir.queries, qvecs, SEARCH_MODES), beir.qrels),
     }, store
 
 
@@ -285,7 +285,7 @@ def scale_point(db, store: KnowledgeStore, target: int, queries: dict, qvecs: di
         conn.execute("VACUUM (ANALYZE) chunks, documents, bm25_postings, bm25_term_stats")
     out = {"chunks": total, "copy_s": round(load_s, 1), "hnsw_build_s": round(index_s, 1), "k": 10}
     for scope, collection in (("all", None), ("scifact", "scifact")):
-        for mode in MODES:
+        for mode in SEARCH_MODES:
             times = []
             for qid, text in queries.items():
                 t0 = time.perf_counter()

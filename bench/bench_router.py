@@ -30,6 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
+from knowledge.evaluation import percentile  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "router"
 RESULTS = HERE / "results"
@@ -80,7 +82,7 @@ def run_system(
         wrapped, cpu = _timed(decide)
         result = evaluate(wrapped, rows)
         if cpu_measured:
-            result["cpu_ms"] = {"p50": float(np.percentile(cpu, 50)), "p95": float(np.percentile(cpu, 95))}
+            result["cpu_ms"] = {"p50": percentile(cpu, 50), "p95": percentile(cpu, 95)}
         else:
             result["cpu_ms"] = {"p50": None, "p95": None}
         out[set_name] = result

@@ -74,7 +74,7 @@ def _run_one(args: argparse.Namespace) -> dict:
 
         model = get_peft_model(
             loaded.model,
-            LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            LoraConfig(r=config.lora_r, lora_alpha=config.resolved_lora_alpha, lora_dropout=config.lora_dropout,
                        target_modules=config.target_modules, task_type="CAUSAL_LM"),
         )  # fmt: skip
         counted = {"tokens": 0}

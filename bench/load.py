@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from knowledge.evaluation import percentile
+
 OWN_KEY_CLIENTS = 10  # clients 0-9 have an API key each; the others share one (same owner, separate sessions)
 SHARED_KEY = "load-key-shared"
 TOPICS = ["the moon", "rivers", "bread", "trains", "music", "tea", "clouds", "chess"]
@@ -30,13 +32,6 @@ def client_key(index: int) -> str:
 
 def all_keys(clients: int) -> list[str]:
     return sorted({client_key(i) for i in range(clients)} | {SHARED_KEY, "load-key-outsider"})
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def free_port() -> int:
@@ -171,8 +166,8 @@ async def run_load(base_url: str, clients: int, seconds: float, max_tokens: int)
         seconds_of = [q["seconds"] for q in requests if kind == "all" or q["kind"] == kind]
         report[kind] = {
             "count": len(seconds_of),
-            "p50_s": round(percentile(seconds_of, 0.5), 3),
-            "p95_s": round(percentile(seconds_of, 0.95), 3),
+            "p50_s": round(percentile(seconds_of, 50), 3),
+            "p95_s": round(percentile(seconds_of, 95), 3),
             "per_minute": round(len(seconds_of) / wall * 60, 1) if wall else 0.0,
         }
     return report

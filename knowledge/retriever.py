@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
+
+from knowledge.search_modes import SearchMode
 
 
 class KnowledgeRetriever(BaseRetriever):
@@ -19,7 +21,7 @@ class KnowledgeRetriever(BaseRetriever):
     store: Any
     collection: str | list[str] | None = None
     k: int = 5
-    mode: Literal["dense", "keyword", "hybrid"] = "hybrid"
+    mode: SearchMode = "hybrid"
     filters: dict | None = None
     min_score: float = 0.0
 

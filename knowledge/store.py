@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -34,12 +33,13 @@ from knowledge.chunking import Chunk, chunk_document
 from knowledge.embedding import Embedder
 from knowledge.keyword import FUSIONS, Fusion, hybrid_ctes, keyword_ctes
 from knowledge.loaders import RECORD_SUFFIXES, LoadedDocument, LoadError, discover, load_file
+from knowledge.names import check_collection_name
+from knowledge.search_modes import SEARCH_MODES, SearchMode
 
 log = logging.getLogger(__name__)
 
-SearchMode = Literal["dense", "keyword", "hybrid"]
-MODES: tuple[str, ...] = ("dense", "keyword", "hybrid")
-_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+# Kept as names of this module: callers import `knowledge.MODES` and `knowledge.store.SearchMode`.
+MODES = SEARCH_MODES
 # Chunks embedded together in one call: big enough for length bucketing, small enough to write often.
 _WAVE_CHUNKS = 1024
 # After a bulk load the planner's row estimates are stale until autovacuum gets round to it, and it may then
@@ -133,7 +133,7 @@ class KnowledgeStore:
         ef_search: int = 100,
         rrf_k: int = 60,
         candidates: int = 30,
-        dense_weight: float = 3.0,
+        dense_weight: float = 1.0,
         keyword_weight: float = 1.0,
         fusion: Fusion = "convex",
         alpha: float = 0.6,
@@ -145,8 +145,8 @@ class KnowledgeStore:
         self.ef_search = ef_search
         self.rrf_k = rrf_k
         self.candidates = candidates
-        # fusion="rrf" only: w_dense / (rrf_k + dense rank) + w_keyword / (rrf_k + keyword rank). 3:1 was tuned
-        # for the old ts_rank_cd keyword side; with BM25, 1:1 scored 0.720 on SciFact train (convex: 0.742).
+        # fusion="rrf" only: w_dense / (rrf_k + dense rank) + w_keyword / (rrf_k + keyword rank). The old 3:1 was
+        # tuned for a ts_rank_cd keyword side; with BM25, 1:1 scored 0.720 on SciFact train (convex, default: 0.742).
         self.dense_weight = float(dense_weight)
         self.keyword_weight = float(keyword_weight)
         if fusion not in FUSIONS:
@@ -189,7 +189,7 @@ class KnowledgeStore:
         started = time.perf_counter()
         if isinstance(paths, str | Path):
             paths = [paths]
-        _check_collection_name(collection)
+        check_collection_name(collection)
         if chunk_overlap >= chunk_size:
             raise ValueError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_size ({chunk_size})")
         self._ensure_collection(collection)
@@ -266,6 +266,8 @@ class KnowledgeStore:
         if source:
             for doc in docs:  # records keep their "#id" suffix after the file's name
                 doc.source = source + doc.source[len(str(path)) :]
+                if doc.title == path.stem:  # a title taken from the temporary file name: use the real one
+                    doc.title = Path(source).stem
         unique: dict[str, LoadedDocument] = {}
         for doc in docs:
             unique.setdefault(doc.sha256, doc)
@@ -299,9 +301,8 @@ class KnowledgeStore:
         for prepared in wave:
             for doc, chunks in prepared.docs:
                 for chunk in chunks:
-                    text = chunk.embedding_input(doc.title)
-                    inputs.append(text)
-                    hashes.append(hashlib.sha256(text.encode("utf-8")).digest())
+                    inputs.append(chunk.embedding_input(doc.title))
+                    hashes.append(chunk.content_hash(doc.title))
         vectors = np.zeros((len(inputs), self.embedder.dim), dtype=np.float32)
         cached = self._cached_vectors(hashes)
         todo = [i for i, h in enumerate(hashes) if h not in cached]
@@ -412,8 +413,8 @@ class KnowledgeStore:
         embedding: np.ndarray | None = None,
     ) -> list[SearchHit]:
         """Top-k chunks for a query. `embedding` skips embedding the query (it must come from the same model)."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}")
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
         where, params = _filter_clause(collection, filters)
@@ -511,11 +512,6 @@ def _use_hnsw_settings(conn: psycopg.Connection, ef_search: int, *, session: boo
     )
     if session:
         _HNSW_SESSION[conn] = ef_search
-
-
-def _check_collection_name(name: str) -> None:
-    if not _COLLECTION_NAME.match(name):
-        raise ValueError(f"collection name {name!r} must be 1-100 letters, digits, '_' or '-'")
 
 
 # Filter keys that are columns; every other key is matched against document or chunk metadata (jsonb @>).

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from knowledge.evaluation import percentile
+
 
 def predicted_label(decision, labels: set[str]) -> str:
     return decision.route if decision.route in labels or decision.action not in labels else decision.action
@@ -49,8 +51,8 @@ def evaluate(decide: Callable, rows: Sequence[dict]) -> dict:
         "labels": labels,
         "confusion": matrix.tolist(),
         "latency_ms": {
-            "p50": float(np.percentile(lat, 50)),
-            "p95": float(np.percentile(lat, 95)),
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
             "mean": float(lat.mean()),
         },
         "fallbacks": fallbacks,

@@ -6,12 +6,12 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from test_conversation_unit import FakeGenerator, FakeRouter, FakeStore
 
 from bot.conversation import Conversation
 from bot.conversation.services import Services
 from bot.memory import MemoryStore
 from bot.server.app import create_app
+from tests.fakes import FakeGenerator, FakeRouter, FakeStore
 
 
 def _client(settings, db, **overrides) -> TestClient:

@@ -72,3 +72,28 @@ def test_documentation_lists_every_setting():
     documented = (REPO_ROOT / "docs" / "configuration.md").read_text()
     missing = [env_name(name) for name in Settings.model_fields if f"`{env_name(name)}`" not in documented]
     assert not missing, f"docs/configuration.md lacks {missing}: regenerate it with `ragtune config docs`"
+
+
+def test_non_ascii_collection_names_are_rejected_like_the_store_does(monkeypatch):
+    monkeypatch.setenv("RAGTUNE_DEFAULT_COLLECTION", "café")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert "RAGTUNE_DEFAULT_COLLECTION='café'" in str(error.value)
+    assert "ASCII" in str(error.value)
+    monkeypatch.delenv("RAGTUNE_DEFAULT_COLLECTION")
+    monkeypatch.setenv("RAGTUNE_RESTRICTED_COLLECTIONS", '{"café": ["alice"]}')
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert "RAGTUNE_RESTRICTED_COLLECTIONS" in str(error.value) and "'café'" in str(error.value)
+
+
+def test_config_and_store_share_the_collection_name_rule():
+    from knowledge.names import check_collection_name
+
+    for name in ("default", "legal_2024", "a-b"):
+        assert load_settings(default_collection=name).default_collection == check_collection_name(name)
+    for name in ("café", "a b", "x" * 101):
+        with pytest.raises(ValueError):
+            check_collection_name(name)
+        with pytest.raises(ConfigError, match="RAGTUNE_DEFAULT_COLLECTION"):
+            load_settings(default_collection=name)

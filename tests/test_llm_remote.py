@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -17,77 +14,13 @@ from bot.config import load_settings
 from bot.llm import GeneratorUnavailable, UnknownAdapter, create_generator
 from bot.llm.chat_model import RagtuneChatModel
 from bot.llm.remote import RemoteGenerator
-
-BASE = "tiny-base"
-
-
-class FakeOpenAI(BaseHTTPRequestHandler):
-    """Serves /v1/models, /v1/chat/completions (SSE and JSON) and /v1/load_lora_adapter like vLLM."""
-
-    served: dict[str, str | None]
-    requests: list[dict]
-
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-    def _json(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        if self.path == "/v1/models":
-            self._json(200, {"data": [{"id": name, "parent": parent} for name, parent in self.served.items()]})
-        else:
-            self._json(404, {"error": {"message": "not found"}})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append({"path": self.path, **body})
-        if self.path == "/v1/load_lora_adapter":
-            self.served[body["lora_name"]] = BASE
-            self._json(200, {})
-            return
-        if body["model"] not in self.served:
-            self._json(404, {"error": {"message": f"The model `{body['model']}` does not exist."}})
-            return
-        question = body["messages"][-1]["content"]
-        if "slow" in question:
-            time.sleep(2)
-        words = f"[{body['model']}] you said: {question} END".split(" ")[: body["max_tokens"]]
-        finish = "length" if len(words) == body["max_tokens"] else "stop"
-        usage = {"prompt_tokens": 11, "completion_tokens": len(words), "total_tokens": 11 + len(words)}
-        if not body.get("stream"):
-            message = {"role": "assistant", "content": " ".join(words)}
-            self._json(200, {"choices": [{"message": message, "finish_reason": finish}], "usage": usage})
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        pieces = [word if i == 0 else " " + word for i, word in enumerate(words)]
-        for piece in pieces:
-            self._event({"choices": [{"delta": {"content": piece}, "finish_reason": None}]})
-        self._event({"choices": [{"delta": {}, "finish_reason": finish}]})
-        self._event({"choices": [], "usage": usage})
-        self.wfile.write(b"data: [DONE]\n\n")
-
-    def _event(self, chunk: dict) -> None:
-        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        self.wfile.flush()
+from tests.fakes import BASE, FakeOpenAI, fake_openai_server
 
 
 @pytest.fixture()
 def fake_server() -> Iterator[tuple[str, type[FakeOpenAI]]]:
-    handler = type("Handler", (FakeOpenAI,), {"served": {BASE: None, "alpha": BASE}, "requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
-    server.shutdown()
-    server.server_close()
+    with fake_openai_server({BASE: None, "alpha": BASE}) as served:
+        yield served
 
 
 def _messages(text: str) -> list[dict[str, str]]:

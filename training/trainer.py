@@ -19,7 +19,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 5
     lora_r: int = 8
-    lora_alpha: int = 16
+    lora_alpha: int | None = None  # None: 2 * lora_r, see resolved_lora_alpha
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     max_length: int = 256
@@ -52,8 +52,57 @@ class TrainConfig:
     threads: int | None = None
     bf16: bool | None = None  # None: bf16 autocast on CUDA when supported, fp32 on CPU (bf16 is slower there)
 
+    @property
+    def resolved_lora_alpha(self) -> int:
+        """The alpha a run uses: `lora_alpha`, or 2 * `lora_r` when unset, so the scaling alpha / r stays 2 as r
+        changes (16 for the default r = 8). The only place this rule lives."""
+        return 2 * self.lora_r if self.lora_alpha is None else self.lora_alpha
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The hyper-parameters as recorded with an adapter, alpha as the run used it."""
+        return {**asdict(self), "lora_alpha": self.resolved_lora_alpha}
+
+
+# Files of a checkpoint directory (step-N): the adapter, its best weights so far, and the run's position.
+ADAPTER_FILE = "adapter_model.safetensors"
+BEST_FILE = "best.safetensors"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what a checkpoint restores besides the adapter, optimizer and scheduler.
+
+    One object that the loop updates and `save`/`load` write and read whole, so a resumed run cannot miss a field.
+    """
+
+    step: int = 0
+    consumed_batches: int = 0  # batches drawn from the data order; a resumed run skips this many
+    history: list[dict[str, float]] = field(default_factory=list)
+    eval_loss_before: float | None = None
+    best_loss: float = math.inf
+    best_step: int = 0
+    bad_evals: int = 0  # evaluations in a row without improvement (early stopping)
+    best_weights: dict[str, Any] | None = None  # LoRA tensors at best_step, in BEST_FILE beside STATE_FILE
+
+    def save(self, path: Path) -> None:
+        """Write the state into the directory `path` (the tensors as safetensors, the rest as JSON)."""
+        from safetensors.torch import save_file
+
+        if self.best_weights is not None:
+            save_file({k: v.contiguous() for k, v in self.best_weights.items()}, str(path / BEST_FILE))
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "best_weights"}
+        (path / STATE_FILE).write_text(json.dumps(data))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainState:
+        """The state that `save` wrote into the directory `path`."""
+        from safetensors.torch import load_file
+
+        state = cls(**json.loads((path / STATE_FILE).read_text()))
+        if (path / BEST_FILE).is_file():
+            state.best_weights = load_file(str(path / BEST_FILE))
+        return state
 
 
 @dataclass
@@ -115,7 +164,7 @@ def attach_lora(model: Any, config: TrainConfig) -> Any:
         return model
     lora = LoraConfig(
         r=config.lora_r,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.resolved_lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules),
         task_type="CAUSAL_LM",
@@ -163,8 +212,26 @@ def _lora_state(model: Any) -> dict[str, Any]:
 
 
 def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    found = sorted(checkpoint_dir.glob("step-*/state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    found = sorted(checkpoint_dir.glob(f"step-*/{STATE_FILE}"), key=lambda p: int(p.parent.name.split("-")[1]))
     return found[-1].parent if found else None
+
+
+@dataclass
+class _Run:
+    """The live objects of one run, built once by `_start_run` and shared by the steps of `train_lora`."""
+
+    config: TrainConfig
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    params: list[Any]  # the trainable (LoRA) parameters
+    device: Any
+    autocast: Any
+    pad_id: int
+    total_steps: int
+
+    def eval_loss(self, examples: list[EncodedExample]) -> float:
+        return evaluate_loss(self.model, examples, self.pad_id, self.config.batch_size, self.autocast)
 
 
 def train_lora(
@@ -185,23 +252,49 @@ def train_lora(
     `model` is the base causal LM (it is wrapped in place) or an existing peft model. The adapter is saved as a
     plain peft directory in `output_dir` when given.
     """
-    import torch
-    from peft import set_peft_model_state_dict
-    from tqdm.auto import tqdm
-
     if not train:
         raise ValueError("no training examples")
+    run = _start_run(model, tokenizer, train, config)
+    state = _resume(run, checkpoint_dir, resume)
+    if state.eval_loss_before is None and evaluation:
+        state.eval_loss_before = state.best_loss = run.eval_loss(evaluation)
+        log.info("eval loss before training: %.4f", state.eval_loss_before)
+    batches = _batch_order(train, config, skip=state.consumed_batches)
+    started = time.perf_counter()
+    trained_tokens, stopped_early = _train_steps(
+        run, state, train, evaluation, batches, checkpoint_dir, progress, on_step
+    )
+    seconds = time.perf_counter() - started
+    eval_after = _restore_best(run, state, evaluation)
+    if output_dir is not None:
+        run.model.save_pretrained(str(output_dir))
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    result = TrainResult(
+        steps=state.step,
+        eval_loss_before=state.eval_loss_before,
+        eval_loss_after=eval_after,
+        best_step=state.best_step or state.step,
+        stopped_early=stopped_early,
+        train_tokens=trained_tokens,
+        seconds=seconds,
+        trainable_params=sum(p.numel() for p in run.params),
+        total_params=sum(p.numel() for p in run.model.parameters()),
+        history=state.history,
+    )
+    return run.model, result
+
+
+def _start_run(model: Any, tokenizer: Any, train: list[EncodedExample], config: TrainConfig) -> _Run:
+    """Seed, wrap the model in LoRA, and build the optimizer with its warm-up then linear-decay schedule."""
+    import torch
+
     if config.threads:
         torch.set_num_threads(config.threads)
     random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # before attach_lora: it draws the initial LoRA weights
     model = attach_lora(model, config)
     device = next(model.parameters()).device
-    autocast = _autocast(device, config)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-
     steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size) // config.grad_accum)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -213,34 +306,43 @@ def train_lora(
         remaining = max(1, total_steps - config.warmup_steps)
         return max(0.0, 1.0 - (step - config.warmup_steps) / remaining)
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return _Run(
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        params=params,
+        device=device,
+        autocast=_autocast(device, config),
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        total_steps=total_steps,
+    )
 
-    step, consumed, history = 0, 0, []
-    best_loss, best_step, best_state, bad_evals = math.inf, 0, None, 0
-    eval_before: float | None = None
+
+def _resume(run: _Run, checkpoint_dir: Path | None, resume: bool) -> TrainState:
+    """The state of the latest checkpoint, with its adapter, optimizer and scheduler loaded into `run`; else fresh."""
     checkpoint = _latest_checkpoint(checkpoint_dir) if (resume and checkpoint_dir) else None
-    if checkpoint is not None:
-        from safetensors.torch import load_file
+    if checkpoint is None:
+        if resume:
+            log.info("no checkpoint to resume from; starting fresh")
+        return TrainState()
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
 
-        state = json.loads((checkpoint / "state.json").read_text())
-        set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        step, consumed, history = state["step"], state["consumed_batches"], state["history"]
-        eval_before, best_loss, best_step = state["eval_loss_before"], state["best_loss"], state["best_step"]
-        bad_evals = state["bad_evals"]
-        if (checkpoint / "best.safetensors").is_file():
-            best_state = load_file(str(checkpoint / "best.safetensors"))
-        log.info("resuming from %s (step %d of %d)", checkpoint, step, total_steps)
-    elif resume:
-        log.info("no checkpoint to resume from; starting fresh")
+    state = TrainState.load(checkpoint)
+    set_peft_model_state_dict(run.model, load_file(str(checkpoint / ADAPTER_FILE)))
+    run.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    run.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+    log.info("resuming from %s (step %d of %d)", checkpoint, state.step, run.total_steps)
+    return state
 
-    if eval_before is None and evaluation:
-        eval_before = evaluate_loss(model, evaluation, pad_id, config.batch_size, autocast)
-        best_loss = eval_before
-        log.info("eval loss before training: %.4f", eval_before)
 
-    def epoch_batches() -> Iterator[list[int]]:
+def _batch_order(train: list[EncodedExample], config: TrainConfig, skip: int) -> Iterator[list[int]]:
+    """Length-grouped batches epoch after epoch (seeded per epoch), the first `skip` dropped: a resumed run sees
+    the same data order as an uninterrupted one."""
+
+    def epochs() -> Iterator[list[int]]:
         epoch = 0
         while True:
             yield from length_grouped_batches(
@@ -248,104 +350,120 @@ def train_lora(
             )
             epoch += 1
 
-    batches = epoch_batches()
-    for _ in range(consumed):  # replay the data order up to where the checkpoint stopped
+    batches = epochs()
+    for _ in range(skip):
         next(batches)
+    return batches
 
-    model.train()
-    trained_tokens, stopped_early, started = 0, False, time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
-    while step < total_steps:
-        micro = [collate([train[i] for i in next(batches)], pad_id) for _ in range(config.grad_accum)]
-        consumed += config.grad_accum
-        step_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
-        loss_total = 0.0
-        for batch in micro:
-            trained_tokens += int(batch["attention_mask"].sum())
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                out = model(**batch, num_items_in_batch=step_tokens)
-            out.loss.backward()
-            loss_total += float(out.loss.detach())
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        record: dict[str, float] = {"step": step, "loss": loss_total, "lr": scheduler.get_last_lr()[0]}
-        bar.set_postfix(loss=f"{loss_total:.3f}")
+
+def _train_steps(
+    run: _Run,
+    state: TrainState,
+    train: list[EncodedExample],
+    evaluation: list[EncodedExample],
+    batches: Iterator[list[int]],
+    checkpoint_dir: Path | None,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+) -> tuple[int, bool]:
+    """Optimizer steps until `total_steps` or an early stop; returns (tokens trained on here, stopped early)."""
+    from tqdm.auto import tqdm
+
+    config, stopped_early, trained_tokens = run.config, False, 0
+    run.model.train()
+    shown = {"desc": "training", "unit": "step", "disable": not progress, "dynamic_ncols": True}
+    bar = tqdm(total=run.total_steps, initial=state.step, **shown)
+    while state.step < run.total_steps:
+        micro = [collate([train[i] for i in next(batches)], run.pad_id) for _ in range(config.grad_accum)]
+        state.consumed_batches += config.grad_accum
+        loss, tokens = _optimizer_step(run, micro)
+        trained_tokens += tokens
+        state.step += 1
+        record: dict[str, float] = {"step": state.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0]}
+        bar.set_postfix(loss=f"{loss:.3f}")
         bar.update(1)
         if on_step:
-            on_step(step, loss_total)
-
-        if evaluation and (step % config.eval_every == 0 or step == total_steps):
-            eval_loss = evaluate_loss(model, evaluation, pad_id, config.batch_size, autocast)
-            record["eval_loss"] = eval_loss
-            bar.set_postfix(loss=f"{loss_total:.3f}", eval=f"{eval_loss:.3f}")
-            if eval_loss < best_loss - config.min_delta:
-                best_loss, best_step, best_state, bad_evals = eval_loss, step, _lora_state(model), 0
-            else:
-                bad_evals += 1
-                if config.patience and bad_evals >= config.patience:
-                    log.info("early stop at step %d: eval loss has not improved for %d evals", step, bad_evals)
-                    stopped_early = True
-        history.append(record)
-        if checkpoint_dir and (step % config.checkpoint_every == 0) and step < total_steps and not stopped_early:
-            _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, best_state, {
-                "step": step, "consumed_batches": consumed, "history": history, "eval_loss_before": eval_before,
-                "best_loss": best_loss, "best_step": best_step, "bad_evals": bad_evals,
-            })  # fmt: skip
+            on_step(state.step, loss)
+        if evaluation and (state.step % config.eval_every == 0 or state.step == run.total_steps):
+            stopped_early = _evaluate(run, state, evaluation, record)
+            bar.set_postfix(loss=f"{loss:.3f}", eval=f"{record['eval_loss']:.3f}")
+        state.history.append(record)
+        last = state.step >= run.total_steps or stopped_early
+        if checkpoint_dir and state.step % config.checkpoint_every == 0 and not last:
+            _save_checkpoint(checkpoint_dir, run, state)
         if stopped_early:
             break
     bar.close()
-    seconds = time.perf_counter() - started
+    return trained_tokens, stopped_early
 
-    if best_state is not None and best_step != step:
-        set_peft_model_state_dict(model, best_state)
-        log.info("restored the best adapter weights (step %d)", best_step)
-    eval_after = best_loss if evaluation and best_state is not None else None
+
+def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> tuple[float, int]:
+    """One optimizer step over `grad_accum` micro-batches; returns (summed loss, tokens incl. prompt tokens).
+
+    The loss is divided by the assistant tokens of the whole step, so accumulation equals one big batch."""
+    import torch
+
+    step_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+    loss_total, tokens = 0.0, 0
+    for batch in micro:
+        tokens += int(batch["attention_mask"].sum())
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        with run.autocast:
+            out = run.model(**batch, num_items_in_batch=step_tokens)
+        out.loss.backward()
+        loss_total += float(out.loss.detach())
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_total, tokens
+
+
+def _evaluate(run: _Run, state: TrainState, evaluation: list[EncodedExample], record: dict[str, float]) -> bool:
+    """Put the eval loss in `record`, keep the best weights, and say whether early stopping ends the run."""
+    eval_loss = run.eval_loss(evaluation)
+    record["eval_loss"] = eval_loss
+    if eval_loss < state.best_loss - run.config.min_delta:
+        state.best_loss, state.best_step, state.bad_evals = eval_loss, state.step, 0
+        state.best_weights = _lora_state(run.model)
+        return False
+    state.bad_evals += 1
+    if run.config.patience and state.bad_evals >= run.config.patience:
+        log.info("early stop at step %d: eval loss has not improved for %d evals", state.step, state.bad_evals)
+        return True
+    return False
+
+
+def _restore_best(run: _Run, state: TrainState, evaluation: list[EncodedExample]) -> float | None:
+    """Put the best weights back if a later step was worse; return the eval loss after training."""
+    from peft import set_peft_model_state_dict
+
+    if state.best_weights is not None and state.best_step != state.step:
+        set_peft_model_state_dict(run.model, state.best_weights)
+        log.info("restored the best adapter weights (step %d)", state.best_step)
+    eval_after = state.best_loss if evaluation and state.best_weights is not None else None
     if evaluation and eval_after is None:
-        eval_after = evaluate_loss(model, evaluation, pad_id, config.batch_size, autocast)
-    model.eval()
-    if output_dir is not None:
-        model.save_pretrained(str(output_dir))
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    result = TrainResult(
-        steps=step,
-        eval_loss_before=eval_before,
-        eval_loss_after=eval_after,
-        best_step=best_step or step,
-        stopped_early=stopped_early,
-        train_tokens=trained_tokens,
-        seconds=seconds,
-        trainable_params=trainable,
-        total_params=total,
-        history=history,
-    )
-    return model, result
+        eval_after = run.eval_loss(evaluation)
+    run.model.eval()
+    return eval_after
 
 
-def _save_checkpoint(
-    checkpoint_dir: Path, model: Any, optimizer: Any, scheduler: Any, best_state: Any, state: dict[str, Any]
-) -> None:
+def _save_checkpoint(checkpoint_dir: Path, run: _Run, state: TrainState) -> None:
     """Write step-N atomically (temp dir + rename), then drop older checkpoints."""
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    target = checkpoint_dir / f"step-{state['step']}"
-    partial = checkpoint_dir / f".partial-{state['step']}"
+    target = checkpoint_dir / f"step-{state.step}"
+    partial = checkpoint_dir / f".partial-{state.step}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    lora = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(lora, str(partial / "adapter_model.safetensors"))
-    if best_state is not None:
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(partial / "best.safetensors"))
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-    (partial / "state.json").write_text(json.dumps(state))
+    lora = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(run.model).items()}
+    save_file(lora, str(partial / ADAPTER_FILE))
+    torch.save(run.optimizer.state_dict(), partial / "optimizer.pt")
+    torch.save(run.scheduler.state_dict(), partial / "scheduler.pt")
+    state.save(partial)  # last: a step-N with a state file is complete
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     for old in checkpoint_dir.glob("step-*"):

@@ -8,8 +8,7 @@ from dataclasses import asdict
 import click
 
 from bot.cli.common import database, settings, user_errors
-
-MODES = ("dense", "keyword", "hybrid")
+from knowledge.search_modes import SEARCH_MODES
 
 
 def open_store(db, config):
@@ -77,7 +76,7 @@ def _parse_filters(values: tuple[str, ...]) -> dict:
 @click.argument("query")
 @click.option("-c", "--collection", multiple=True, help="Collection(s) to search (default: all).")
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=None, help="How many chunks.")
-@click.option("--mode", type=click.Choice(MODES), default=None, help="dense, keyword or hybrid (default).")
+@click.option("--mode", type=click.Choice(SEARCH_MODES), default=None, help="dense, keyword or hybrid (default).")
 @click.option("-f", "--filter", "filters", multiple=True, help="key=value on source, title, page or metadata.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @user_errors

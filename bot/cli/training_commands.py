@@ -7,6 +7,10 @@ import json
 import click
 
 from bot.cli.common import database, settings, user_errors
+from training.trainer import TrainConfig
+
+# The one home of the training defaults: the options below show them, they do not restate them.
+DEFAULTS = TrainConfig()
 
 
 @click.command("train")
@@ -15,23 +19,59 @@ from bot.cli.common import database, settings, user_errors
 @click.option("--input-col", default=None, help="Column holding the user's message (CSV / column JSONL).")
 @click.option("--output-col", default=None, help="Column holding the reply to learn (CSV / column JSONL).")
 @click.option("--system-prompt", default=None, help="System prompt put before every example that has none.")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.epochs, show_default=True)
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), default=DEFAULTS.max_steps, help="Stop after N optimizer steps."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use N rows (a seeded random sample).")
 @click.option("--eval-split", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
-@click.option("--lora-r", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--target-modules", default="q_proj,v_proj", show_default=True, help="Comma-separated module names.")
-@click.option("--max-length", type=click.IntRange(min=16), default=256, show_default=True, help="Tokens per example.")
-@click.option("--eval-every", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--patience", type=click.IntRange(min=0), default=3, show_default=True, help="0 disables early stop.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
-@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
-              help="Bad rows: skip them (and list them) or stop at the first one.")  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
+@click.option("--grad-accum", type=click.IntRange(min=1), default=DEFAULTS.grad_accum, show_default=True)
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULTS.learning_rate,
+    show_default=True,
+)
+@click.option("--lora-r", type=click.IntRange(min=1), default=DEFAULTS.lora_r, show_default=True)
+@click.option(
+    "--lora-alpha",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.lora_alpha,
+    help="LoRA scaling alpha (default: 2 x --lora-r).",
+)
+@click.option(
+    "--target-modules",
+    default=",".join(DEFAULTS.target_modules),
+    show_default=True,
+    help="Comma-separated module names.",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=16),
+    default=DEFAULTS.max_length,
+    show_default=True,
+    help="Tokens per example.",
+)
+@click.option("--eval-every", type=click.IntRange(min=1), default=DEFAULTS.eval_every, show_default=True)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    default=DEFAULTS.patience,
+    show_default=True,
+    help="0 disables early stop.",
+)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=DEFAULTS.checkpoint_every, show_default=True)
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=DEFAULTS.threads, help="CPU threads for torch.")
+@click.option(
+    "--on-error",
+    type=click.Choice(["skip", "fail"]),
+    default="skip",
+    show_default=True,
+    help="Bad rows: skip them (and list them) or stop at the first one.",
+)
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this name.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing adapter of this name.")
 @user_errors
@@ -75,7 +115,6 @@ def train_command(data: str, name: str, **options: object) -> None:
 def _train(config_settings, prepared, name, registry, options) -> None:  # noqa: ANN001 - CLI glue
     from bot.llm.loading import load_base_model
     from training.pipeline import fine_tune
-    from training.trainer import TrainConfig
 
     config = TrainConfig(
         epochs=options["epochs"],
@@ -84,7 +123,7 @@ def _train(config_settings, prepared, name, registry, options) -> None:  # noqa:
         grad_accum=options["grad_accum"],
         learning_rate=options["learning_rate"],
         lora_r=options["lora_r"],
-        lora_alpha=2 * options["lora_r"],
+        lora_alpha=options["lora_alpha"],
         target_modules=[m.strip() for m in str(options["target_modules"]).split(",") if m.strip()],
         max_length=options["max_length"],
         eval_every=options["eval_every"],
@@ -97,9 +136,15 @@ def _train(config_settings, prepared, name, registry, options) -> None:  # noqa:
         config_settings.generator_model, config_settings.model_cache_dir, device=config_settings.device
     )
     _model, record = fine_tune(
-        loaded.model, loaded.tokenizer, loaded.location.label, prepared, name, registry, config,
+        loaded.model,
+        loaded.tokenizer,
+        loaded.location.label,
+        prepared,
+        name,
+        registry,
+        config,
         resume=bool(options["resume"]),
-    )  # fmt: skip
+    )
     metrics = record.metrics
     click.echo(
         f"adapter {record.name}: eval loss {_fmt(record.eval_loss_before)} -> {_fmt(record.eval_loss_after)}, "

@@ -17,12 +17,14 @@ _ANAPHORA = re.compile(
     r"what about|how about|and)\b",
     re.IGNORECASE,
 )
-SHORT_FOLLOW_UP_WORDS = 6
+# Not the router's SHORT_FOLLOW_UP_WORDS (router/memory.py: the longest message that may still be a follow-up):
+# this is the length up to which a message is too short to be a retrieval query on its own.
+CONDENSE_UP_TO_WORDS = 6
 
 
 def needs_context(message: str) -> bool:
     words = message.split()
-    return len(words) <= SHORT_FOLLOW_UP_WORDS or bool(_ANAPHORA.search(" ".join(words[:4])))
+    return len(words) <= CONDENSE_UP_TO_WORDS or bool(_ANAPHORA.search(" ".join(words[:4])))
 
 
 def condense_query(message: str, history: Sequence[Any]) -> str:

@@ -93,11 +93,12 @@ class Database:
         self.pool.close()
 
     def connection(self, timeout_s: float | None = None):
-        """A pooled connection as a context manager (commits on success, rolls back on error)."""
-        try:
-            return self.pool.connection(timeout=timeout_s)
-        except PoolTimeout as exc:  # pragma: no cover - only reached through the context manager
-            raise DatabaseUnavailable(describe_failure(self.url, exc)) from None
+        """A pooled connection as a context manager (commits on success, rolls back on error).
+
+        A pool timeout surfaces as `PoolTimeout` when the context is entered (callers catch it with the errors in
+        `UNAVAILABLE_ERRORS`); nothing can fail here, before that.
+        """
+        return self.pool.connection(timeout=timeout_s)
 
 
 def open_database(settings: Settings, *, migrate: bool = True) -> Database:

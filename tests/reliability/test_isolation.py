@@ -1,6 +1,6 @@
 """Isolation and access: sessions per caller, restricted collections, secrets out of logs, the UI login.
 
-Memory, store and embedder are real (PostgreSQL, MiniLM); the generator and router are the unit tests' fakes,
+Memory, store and embedder are real (PostgreSQL, MiniLM); the generator and router are fakes (tests/fakes.py),
 so the checks are about who sees what, fast and independent of the model.
 """
 
@@ -10,7 +10,6 @@ import logging
 
 import pytest
 from fastapi.testclient import TestClient
-from test_conversation_unit import FakeGenerator, FakeRouter
 
 from bot.conversation import Conversation
 from bot.conversation.services import Services
@@ -19,6 +18,7 @@ from bot.memory import MemoryStore
 from bot.server.app import create_app
 from bot.server.auth import key_owner, readable_collections
 from knowledge import KnowledgeStore
+from tests.fakes import FakeGenerator, FakeRouter
 
 KEY_A, KEY_B = "key-alice-s3cret-111", "key-bob-s3cret-222"
 A, B = {"Authorization": f"Bearer {KEY_A}"}, {"Authorization": f"Bearer {KEY_B}"}

@@ -6,7 +6,6 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_conversation_unit import FakeGenerator, FakeRouter, FakeStore
 
 from bot.conversation import Conversation
 from bot.conversation.services import Services
@@ -15,6 +14,7 @@ from bot.server.api import safe_filename
 from bot.server.app import create_app
 from knowledge.chunking import chunk_document
 from knowledge.loaders import LoadedDocument, Section, markdown_sections
+from tests.fakes import FakeGenerator, FakeRouter, FakeStore
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=3000)
 WORDY = st.lists(
