@@ -22,6 +22,9 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
+from knowledge.names import check_collection_name
+from knowledge.search_modes import SearchMode
+
 ENV_PREFIX = "RAGTUNE_"
 CONFIG_FILE_ENV = "RAGTUNE_CONFIG"
 DEFAULT_CONFIG_FILE = "ragtune.toml"
@@ -90,6 +93,12 @@ class Settings(BaseSettings):
     openai_model: str | None = Field(
         default=None, description="Base model name on the OpenAI-compatible server; unset: the first one it lists."
     )
+    generator_backend: Literal["transformers", "llamacpp"] = Field(
+        default="transformers",
+        description="Local generation runtime: 'transformers' (torch, fp32 on CPU) or 'llamacpp' (llama.cpp in-process "
+        "via xllamacpp: the GGUF as it is, parallel slots, per-request adapters). 'llamacpp' falls back to "
+        "transformers with a warning when xllamacpp cannot load or the model is not a GGUF.",
+    )
     generator_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
         description="Weights dtype. 'auto': bfloat16 on CUDA or CPUs with native bf16 (AVX512-BF16/AMX), else float32.",
@@ -127,17 +136,34 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(default=150, ge=0, le=5000, description="Characters shared by neighbouring chunks.")
     embed_batch_size: int = Field(default=64, ge=1, le=4096, description="Texts embedded per batch.")
     top_k: int = Field(default=5, ge=1, le=1000, description="Passages retrieved per query.")
-    search_mode: Literal["dense", "keyword", "hybrid"] = Field(
-        default="hybrid", description="dense, keyword or hybrid retrieval."
-    )
+    search_mode: SearchMode = Field(default="hybrid", description="dense, keyword or hybrid retrieval.")
     hnsw_ef_search: int = Field(
         default=100, ge=1, le=1000, description="HNSW candidate list size: higher is more exact and slower."
     )
-    min_relevance: float = Field(
-        default=0.0,
+    min_relevance: float | None = Field(
+        default=None,
         ge=0.0,
         le=1.0,
-        description="Best-passage score below which the bot says the documents do not answer (0 = built-in).",
+        description="Best-passage score below which the bot says the documents do not answer; unset: the "
+        "answer_strictness preset's value (bot/answer/thresholds.py).",
+    )
+    min_evidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=3.0,
+        description="Best evidence-sentence score (cosine + term overlap + passage score) below which the bot says the "
+        "documents do not answer; unset: the answer_strictness preset's value.",
+    )
+    answer_strictness: Literal["standard", "strict"] = Field(
+        default="standard",
+        description="Abstention preset: 'strict' (legal, medical) refuses more to abstain on nearly every question the "
+        "documents do not answer. Calibrated numbers in docs/answers.md.",
+    )
+    answer_mode: Literal["auto", "extractive", "generative"] = Field(
+        default="auto",
+        description="Knowledge answers: 'extractive' quotes the evidence sentences with [n]; 'generative' lets the "
+        "model write and verifies every sentence against the sources; 'auto': extractive for the packaged 135M "
+        "model, generative for any other generator.",
     )
     embedding_quantize: Literal["none", "int8"] = Field(
         default="int8",
@@ -216,8 +242,7 @@ class Settings(BaseSettings):
     @classmethod
     def _restricted_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         for name, owners in value.items():
-            if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 100:
-                raise ValueError(f"collection name {name!r}: use letters, digits, '-' and '_' only")
+            check_collection_name(name)
             if not all(isinstance(o, str) and o.strip() for o in owners):
                 raise ValueError(f"collection {name!r}: owners must be non-empty strings")
         return value
@@ -232,9 +257,7 @@ class Settings(BaseSettings):
     @field_validator("default_collection")
     @classmethod
     def _collection_name(cls, value: str) -> str:
-        if not value.replace("-", "").replace("_", "").isalnum():
-            raise ValueError("use letters, digits, '-' and '_' only")
-        return value
+        return check_collection_name(value)
 
     @classmethod
     def settings_customise_sources(

@@ -64,6 +64,7 @@ class StoredMessage:
     adapter: str | None = None
     timings: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
+    action: str | None = None  # "knowledge" or "skill" on answers (NULL on rows older than migration 0005)
 
     def as_chat(self) -> dict[str, Any]:
         """The {"role", "content", "route"} form the router and the generator take."""
@@ -129,6 +130,7 @@ class TurnDetails:
     sources: list[dict[str, Any]] | None = None
     adapter: str | None = None
     timings: dict[str, Any] | None = None
+    action: str | None = None
 
 
 @dataclass
@@ -169,8 +171,9 @@ class MemoryStore:
         details = TurnDetails(**extra)  # an unknown field fails here, not when the turn is finally written
         with self._pending_lock:
             if len(self.pending) >= MAX_PENDING_TURNS:
-                log.error("%d turns already wait for the database: turn of session %s not kept", len(self.pending),
-                          session_id)  # fmt: skip
+                log.error(
+                    "%d turns already wait for the database: turn of session %s not kept", len(self.pending), session_id
+                )
                 return False
             self.pending.append(PendingTurn(session_id, owner, user_text, answer, details))
         return True
@@ -253,7 +256,7 @@ class MemoryStore:
                 raise SessionNotFound(f"session {session_id!r}: not found")
             cur.execute(
                 "SELECT m.turn, m.role, m.content, m.route, m.confidence, m.reason, m.sources, m.adapter,"
-                " m.timings, m.created_at FROM messages m JOIN sessions s ON s.id = m.session_id"
+                " m.timings, m.created_at, m.action FROM messages m JOIN sessions s ON s.id = m.session_id"
                 " WHERE m.session_id = %s AND s.owner = %s AND m.turn > %s"
                 " ORDER BY m.turn, CASE m.role WHEN 'system' THEN 0 WHEN 'user' THEN 1 ELSE 2 END",
                 (session_id, owner, after_turn),
@@ -293,13 +296,14 @@ class MemoryStore:
         sources: list[dict[str, Any]] | None = None,
         adapter: str | None = None,
         timings: dict[str, Any] | None = None,
+        action: str | None = None,
     ) -> int:
         """Store the user message and the answer as one turn, in one transaction; return the turn number.
 
         The session row is locked first, so two concurrent turns of one session get consecutive numbers.
         """
         _check_owner(owner)
-        details = TurnDetails(route, confidence, reason, sources, adapter, timings)
+        details = TurnDetails(route, confidence, reason, sources, adapter, timings, action)
         with self._connection() as conn, conn.transaction():
             return self._insert_turn(conn, session_id, owner, user_text, answer, details)
 
@@ -312,8 +316,9 @@ class MemoryStore:
         ).fetchone()
         if row is None:
             raise SessionNotFound(f"session {session_id!r}: not found")
-        turn = conn.execute("SELECT coalesce(max(turn), 0) + 1 FROM messages WHERE session_id = %s",
-                            (session_id,)).fetchone()[0]  # fmt: skip
+        turn = conn.execute(
+            "SELECT coalesce(max(turn), 0) + 1 FROM messages WHERE session_id = %s", (session_id,)
+        ).fetchone()[0]
         base = (session_id, turn)
         conn.execute(
             "INSERT INTO messages (session_id, turn, role, content, route, adapter)"
@@ -322,10 +327,19 @@ class MemoryStore:
         )
         conn.execute(
             "INSERT INTO messages (session_id, turn, role, content, route, confidence, reason, sources,"
-            " adapter, timings) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s, %s, %s)",
-            (*base, answer, details.route, details.confidence, details.reason, Jsonb(details.sources or []),
-             details.adapter, Jsonb(details.timings or {})),
-        )  # fmt: skip
+            " adapter, timings, action) VALUES (%s, %s, 'assistant', %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                *base,
+                answer,
+                details.route,
+                details.confidence,
+                details.reason,
+                Jsonb(details.sources or []),
+                details.adapter,
+                Jsonb(details.timings or {}),
+                details.action,
+            ),
+        )
         title = row[0] or _first_sentence(user_text, 60)
         conn.execute("UPDATE sessions SET updated_at = now(), title = %s WHERE id = %s", (title, session_id))
         return turn
@@ -353,7 +367,9 @@ class PostgresChatMessageHistory(BaseChatMessageHistory):
             if m.role == "user":
                 out.append(HumanMessage(content=m.content, additional_kwargs=kwargs))
             elif m.role == "assistant":
-                kwargs.update(sources=m.sources, adapter=m.adapter, confidence=m.confidence, reason=m.reason)
+                kwargs.update(
+                    sources=m.sources, adapter=m.adapter, confidence=m.confidence, reason=m.reason, action=m.action
+                )
                 out.append(AIMessage(content=m.content, additional_kwargs=kwargs))
         return out
 
@@ -377,6 +393,7 @@ class PostgresChatMessageHistory(BaseChatMessageHistory):
                     sources=extra.get("sources"),
                     adapter=extra.get("adapter"),
                     timings=extra.get("timings"),
+                    action=extra.get("action"),
                 )
                 self._pending_user = None
             else:

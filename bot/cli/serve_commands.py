@@ -39,8 +39,14 @@ def serve_command(host: str | None, port: int | None) -> None:
 @click.command("up")
 @click.option("--host", default=None, help="Interface to bind (default: the `host` setting).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: the `port` setting).")
-@click.option("--docs", "docs_dir", type=click.Path(file_okay=False, path_type=Path), default=DOCS_DIR,
-              show_default=True, help="Demo documents loaded when the knowledge store is empty.")  # fmt: skip
+@click.option(
+    "--docs",
+    "docs_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DOCS_DIR,
+    show_default=True,
+    help="Demo documents loaded when the knowledge store is empty.",
+)
 @user_errors
 def up_command(host: str | None, port: int | None, docs_dir: Path) -> None:
     """Start the embedded database, load the demo knowledge base if the store is empty, and serve the chat."""
@@ -69,8 +75,9 @@ def up_command(host: str | None, port: int | None, docs_dir: Path) -> None:
 
 def _warn_if_open(host: str, config) -> None:
     if host not in ("127.0.0.1", "localhost", "::1") and not config.api_keys and not config.trusted_user_header:
-        click.echo(f"warning: binding {host} with no RAGTUNE_API_KEYS: anyone who can reach it can use the API",
-                   err=True)  # fmt: skip
+        click.echo(
+            f"warning: binding {host} with no RAGTUNE_API_KEYS: anyone who can reach it can use the API", err=True
+        )
 
 
 @click.command("chat")
@@ -82,6 +89,7 @@ def _warn_if_open(host: str, config) -> None:
 def chat_command(session_id: str | None, list_sessions: bool, adapter: str | None, collection: str | None) -> None:
     """Chat in the terminal on the same pipeline and memory as the web UI (/new, /quit)."""
     from bot.conversation import Token, TurnDone, TurnOptions, TurnStart, badge_text
+    from bot.conversation.messages import MessageError, clean_message
     from bot.memory import SessionNotFound
     from bot.server.auth import LOCAL_OWNER
 
@@ -110,17 +118,17 @@ def chat_command(session_id: str | None, list_sessions: bool, adapter: str | Non
                 break
             if not interactive and line == "":
                 break
-            line = line.strip()
-            if not line:
+            try:
+                line = clean_message(line, services.settings.max_message_chars)
+            except MessageError as exc:
+                if exc.code != "empty_message":
+                    click.echo(f"error: {exc}", err=True)
                 continue
             if line in ("/quit", "/exit"):
                 break
             if line == "/new":
                 session_id = memory.create_session(owner)
                 click.echo(f"session {session_id}")
-                continue
-            if len(line) > services.settings.max_message_chars:
-                click.echo(f"error: message longer than {services.settings.max_message_chars} characters", err=True)
                 continue
             try:
                 for event in services.conversation.stream(session_id, owner, line, options):

@@ -12,9 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.answer import thresholds
 from bot.config import Settings
-from bot.conversation.pipeline import DEFAULT_MIN_SCORE, Conversation
+from bot.conversation.knowledge_answer import KnowledgeAnswerer, resolve_mode
+from bot.conversation.pipeline import Conversation
 from bot.db.connection import Database, open_database
+from bot.llm.weights import DEFAULT_GENERATOR
 from bot.memory import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,22 @@ class Services:
 
 
 def min_score(settings: Settings) -> float:
-    return settings.min_relevance if settings.min_relevance > 0 else DEFAULT_MIN_SCORE
+    return thresholds.min_relevance(settings.answer_strictness, settings.min_relevance)
+
+
+def knowledge_answerer(settings: Settings, embedder: Any) -> KnowledgeAnswerer:
+    """Evidence-first knowledge answers with the shared embedder; the mode follows the generator (see resolve_mode)."""
+    from bot.answer.evidence import EvidenceFinder
+    from bot.answer.support import SupportChecker
+
+    packaged = settings.generator_model == DEFAULT_GENERATOR and not settings.openai_base_url
+    mode = resolve_mode(settings.answer_mode, packaged_small_model=packaged)
+    return KnowledgeAnswerer(
+        EvidenceFinder(embedder),
+        mode=mode,
+        min_evidence=thresholds.min_evidence(settings.answer_strictness, settings.min_evidence),
+        checker=SupportChecker(embedder),
+    )
 
 
 def build_services(settings: Settings, *, db: Database | None = None) -> Services:
@@ -79,6 +97,9 @@ def build_services(settings: Settings, *, db: Database | None = None) -> Service
         search_mode=settings.search_mode,
         max_new_tokens=min(settings.max_new_tokens, settings.chat_max_new_tokens),
         temperature=settings.temperature,
+        max_message_chars=settings.max_message_chars,
+        top_k=settings.top_k,
+        answerer=knowledge_answerer(settings, embedder),
     )
     log.info("services ready: %s", ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return Services(settings, db, memory, conversation, store, generator, router, embedder, timings)

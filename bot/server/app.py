@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.conversation.services import Services
-from bot.server.api import build_router, error_body, install_error_handlers
+from bot.server.api import build_api, error_body, install_error_handlers
 from bot.server.auth import ui_credentials
 from bot.server.ui import CSS, build_ui
 
@@ -50,7 +50,7 @@ def create_app(services: Services) -> FastAPI:
             limiter.total_tokens = WORKER_THREADS
         return await call_next(request)
 
-    app.include_router(build_router(services))
+    build_api(app, services)
     blocks = build_ui(services)
     settings = services.settings
     return gr.mount_gradio_app(

@@ -19,9 +19,11 @@ from typing import Any
 import gradio as gr
 
 from bot.conversation import Token, TurnDone, TurnOptions, TurnStart, badge_text
+from bot.conversation.messages import MessageError, clean_message
 from bot.conversation.services import Services
 from bot.memory import SessionNotFound, StoredMessage
 from bot.server.auth import may_use_collection, readable_collections, redact, ui_owner
+from bot.server.uploads import UploadRefused, ingest_uploads, upload_collection
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +64,22 @@ def sources_markdown(sources: list[dict[str, Any]]) -> str:
     for s in sources:
         page = f", page {s['page']}" if s.get("page") else ""
         title = plain(s.get("title") or s.get("source") or "document")
-        snippet = plain(s.get("snippet", ""))
+        quoted = " … ".join(q["text"] for q in s.get("quotes") or [])
+        snippet = plain(quoted or s.get("snippet", ""))
         lines.append(f"**\\[{s['n']}\\] {title}**{page} · score {s.get('score', 0):.2f}  \n> {snippet}")
     return "\n\n".join(lines)
 
 
 def answer_messages(answer: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """An answer as chat messages: badge + text, then a collapsed 'Sources' box when there are sources."""
-    badge = badge_html(meta["route"], meta.get("action") or "knowledge", meta.get("confidence") or 0.0,
-                       meta.get("reason") or "", meta.get("adapter"), meta.get("not_found", False))  # fmt: skip
+    badge = badge_html(
+        meta["route"],
+        meta.get("action") or "knowledge",
+        meta.get("confidence") or 0.0,
+        meta.get("reason") or "",
+        meta.get("adapter"),
+        meta.get("not_found", False),
+    )
     out = [{"role": "assistant", "content": f"{badge}\n\n{answer}"}]
     if meta.get("sources"):
         out.append(
@@ -83,15 +92,28 @@ def answer_messages(answer: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _guessed_action(message: StoredMessage) -> str:
+    """The action of an answer stored before migration 0005 recorded it."""
+    reworded = message.route and message.route != "knowledge" and not message.sources
+    return "skill" if message.adapter or reworded else "knowledge"
+
+
 def history_from_memory(messages: list[StoredMessage]) -> list[dict[str, Any]]:
     chat: list[dict[str, Any]] = []
     for m in messages:
         if m.role == "user":
             chat.append({"role": "user", "content": m.content})
         elif m.role == "assistant":
-            action = "skill" if m.adapter or (m.route and m.route != "knowledge" and not m.sources) else "knowledge"
-            meta = {"route": m.route or "?", "action": action, "confidence": m.confidence, "reason": m.reason,
-                    "adapter": m.adapter, "sources": m.sources, "not_found": False}  # fmt: skip
+            action = m.action or _guessed_action(m)
+            meta = {
+                "route": m.route or "?",
+                "action": action,
+                "confidence": m.confidence,
+                "reason": m.reason,
+                "adapter": m.adapter,
+                "sources": m.sources,
+                "not_found": False,
+            }
             chat.extend(answer_messages(m.content, meta))
     return chat
 
@@ -150,20 +172,20 @@ def build_ui(services: Services) -> gr.Blocks:
         message: str, session_id: str | None, adapter: str, collection: str, chat: list, request: gr.Request
     ) -> Iterator[tuple]:
         owner = owner_of(request)
-        message = (message or "").replace("\x00", "").strip()
-        if not message:
-            yield chat, "", session_id, gr.update()
-            return
-        if len(message) > settings.max_message_chars:
-            gr.Warning(f"Message longer than {settings.max_message_chars} characters: shorten it.")
-            yield chat, message, session_id, gr.update()
+        try:
+            message = clean_message(message, settings.max_message_chars)
+        except MessageError as exc:
+            if exc.code != "empty_message":
+                gr.Warning(f"{exc}.")
+            yield chat, "" if exc.code == "empty_message" else message, session_id, gr.update()
             return
         if not session_id:
             session_id = memory.create_session(owner)
         wanted = None if collection in (None, ALL_COLLECTIONS) else collection
         try:
-            scope = readable_collections(owner, wanted, all_collections() if settings.restricted_collections else [],
-                                         settings)  # fmt: skip
+            scope = readable_collections(
+                owner, wanted, all_collections() if settings.restricted_collections else [], settings
+            )
         except LookupError:
             gr.Warning(f"Collection {wanted!r} not found.")
             yield chat, message, session_id, gr.update()
@@ -192,25 +214,20 @@ def build_ui(services: Services) -> gr.Blocks:
     def upload(files: list | None, collection: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
         if not files:
             return "Choose one or more files first."
-        name = (collection or "").strip() or settings.default_collection
-        if not may_use_collection(owner_of(request), name, settings):
-            return f"Collection **{plain(name)}**: you may not add documents to it."
+        try:
+            name = upload_collection(services, owner_of(request), collection)
+        except UploadRefused as exc:
+            return f"Collection **{plain((collection or '').strip())}**: {plain(str(exc))}"
         lines = []
         for i, file in enumerate(progress.tqdm(files, desc="ingesting")):
             path = Path(file if isinstance(file, str) else file.name)
-            try:
-                report = services.store.ingest(
-                    [str(path)],
-                    collection=name,
-                    chunk_size=settings.chunk_size,
-                    chunk_overlap=settings.chunk_overlap,
-                    source_names={str(path): path.name},  # Gradio's temp folder differs per upload
-                )
+            try:  # Gradio's temp folder differs per upload: the file's own name is its source
+                report = ingest_uploads(services, name, {path: path.name})
             except ValueError as exc:
                 lines.append(f"- {path.name}: error: {exc}")
                 continue
             if report.failed:
-                lines.extend(f"- {path.name}: error: {reason}" for _, reason in report.failed)
+                lines.extend(f"- {file_name}: error: {reason}" for file_name, reason in report.failed)
             else:
                 state = "added" if report.added else "replaced" if report.replaced else "unchanged"
                 lines.append(f"- {path.name}: {state}, {report.chunks} chunks")
@@ -230,8 +247,9 @@ def build_ui(services: Services) -> gr.Blocks:
                     new_button = gr.Button("New", size="sm", elem_id="rt-new")
                     delete_button = gr.Button("Delete", size="sm", variant="stop", elem_id="rt-delete")
                 adapter = gr.Dropdown(label="Adapter", choices=[AUTO], value=AUTO, elem_id="rt-adapter")
-                collection = gr.Dropdown(label="Collection", choices=[ALL_COLLECTIONS], value=ALL_COLLECTIONS,
-                                         elem_id="rt-collection")  # fmt: skip
+                collection = gr.Dropdown(
+                    label="Collection", choices=[ALL_COLLECTIONS], value=ALL_COLLECTIONS, elem_id="rt-collection"
+                )
                 with gr.Accordion("Add documents", open=False):
                     files = gr.File(file_count="multiple", label="Files (pdf, docx, md, txt, html, csv, jsonl)")
                     target = gr.Textbox(label="Into collection", value=settings.default_collection)
@@ -246,8 +264,13 @@ def build_ui(services: Services) -> gr.Blocks:
                     placeholder="Ask about your documents, or ask for a rewrite.",
                 )
                 with gr.Row():
-                    box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="rt-input",
-                                     max_length=settings.max_message_chars)  # fmt: skip
+                    box = gr.Textbox(
+                        placeholder="Message",
+                        show_label=False,
+                        scale=8,
+                        elem_id="rt-input",
+                        max_length=settings.max_message_chars,
+                    )
                     send = gr.Button("Send", variant="primary", scale=1, elem_id="rt-send")
 
         demo.load(on_load, None, [sessions, adapter, collection])

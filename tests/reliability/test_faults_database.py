@@ -17,7 +17,7 @@ from bot.conversation import TurnOptions
 from bot.conversation.pipeline import DB_NOTICE, DB_SAVE_LATER
 from bot.conversation.services import build_services
 from bot.db import server
-from bot.server.api import build_router
+from bot.server.api import build_api
 from tests.reliability.conftest import private_settings
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def test_database_stops_mid_conversation_and_recovers(fault_home):
     settings = private_settings(fault_home, connect_timeout_s=2, chat_max_new_tokens=6)
     services = build_services(settings)
     api = FastAPI()
-    api.include_router(build_router(services))
+    build_api(api, services)
     client = TestClient(api)
     try:
         memory, conversation = services.memory, services.conversation

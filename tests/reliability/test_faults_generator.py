@@ -6,10 +6,8 @@ whole turns only: a turn without an answer is not written); the next request on 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 
 import pytest
 from fastapi import FastAPI
@@ -18,9 +16,9 @@ from fastapi.testclient import TestClient
 from bot.conversation import TurnOptions
 from bot.conversation.services import build_services
 from bot.llm import GeneratorUnavailable
-from bot.server.api import build_router, install_error_handlers
+from bot.server.api import build_api, install_error_handlers
 from bot.server.auth import LOCAL_OWNER
-from tests.test_llm_remote import BASE, FakeOpenAI  # the fake server sleeps 2 s on a message containing "slow"
+from tests.fakes import BASE, fake_openai_server  # the fake server sleeps 2 s on a message containing "slow"
 
 OWNER = LOCAL_OWNER  # the API without keys: the local user
 TIMEOUT_S = 0.5
@@ -28,13 +26,8 @@ TIMEOUT_S = 0.5
 
 @pytest.fixture()
 def slow_server() -> Iterator[str]:
-    handler = type("Handler", (FakeOpenAI,), {"served": {BASE: None}, "requests": []})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
+    with fake_openai_server({BASE: None}) as (url, _handler):
+        yield url
 
 
 def test_remote_generator_timeout_is_a_clear_error_and_saves_nothing(settings, db, slow_server):
@@ -52,7 +45,7 @@ def test_remote_generator_timeout_is_a_clear_error_and_saves_nothing(settings, d
 
     api = FastAPI()
     install_error_handlers(api, services)
-    api.include_router(build_router(services))
+    build_api(api, services)
     client = TestClient(api, raise_server_exceptions=False)
     body = {"model": "skill", "session_id": sid, "messages": [{"role": "user", "content": "slow again"}]}
     response = client.post("/v1/chat/completions", json=body)

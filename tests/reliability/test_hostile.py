@@ -315,6 +315,8 @@ def test_prompt_injection_in_a_document_is_quoted_not_obeyed(client, services):
         return original(messages, **kwargs)
 
     generator.stream = recording
+    answerer = services.conversation.answerer  # the prompt path: a generative answer (extractive ones prompt nothing)
+    mode, answerer.mode = answerer.mode, "generative"
     try:
         response = chat(
             client,
@@ -325,6 +327,7 @@ def test_prompt_injection_in_a_document_is_quoted_not_obeyed(client, services):
         )
     finally:
         generator.stream = original
+        answerer.mode = mode
     assert response.status_code == 200, response.text[:300]
     body = response.json()
     answer = body["choices"][0]["message"]["content"]

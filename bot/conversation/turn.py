@@ -1,0 +1,243 @@
+"""The typed records of one turn: what the caller may force, the routing choice, the turn itself, its events.
+
+A `Turn` is created when a message arrives and filled in by each step of the pipeline (memory, probe, route,
+retrieve, prompt, answer) until it is stored; the events a caller sees (`TurnStart`, `Token`, `TurnDone`) are
+views of it. One shape from entry to storage, so a reader can follow a message without chasing dict keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from bot.answer.sentences import strip_markdown
+from bot.conversation.prompts import trim_snippet
+
+Action = Literal["knowledge", "skill"]
+
+
+@dataclass
+class TurnOptions:
+    """What the caller may force: a route name or action, an adapter, a collection, a length."""
+
+    route: str | None = None
+    adapter: str | None = None
+    collection: str | list[str] | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass
+class RouteChoice:
+    """Which route answers, with which adapter and collection, whether it retrieves, and why."""
+
+    route: str
+    action: Action
+    adapter: str | None = None
+    collection: str | None = None
+    retrieve: bool = False
+    confidence: float = 1.0
+    reason: str = ""
+    fallback: bool = False
+    reworks_previous: bool = False  # "make that shorter": the answer reworks the previous one, from its sources
+
+    @classmethod
+    def forced(
+        cls,
+        route: str,
+        action: Action,
+        reason: str,
+        *,
+        adapter: str | None = None,
+        collection: str | None = None,
+        retrieve: bool | None = None,
+        confidence: float = 1.0,
+        fallback: bool = False,
+    ) -> RouteChoice:
+        """A choice made without the router (the user forced it, or there is no router)."""
+        return cls(
+            route,
+            action,
+            adapter,
+            collection,
+            action == "knowledge" if retrieve is None else retrieve,
+            confidence,
+            reason,
+            fallback,
+        )
+
+    @classmethod
+    def from_decision(cls, decision: Any) -> RouteChoice:
+        """The router's `Decision` (or anything with its fields) as a choice."""
+        return cls(
+            route=decision.route,
+            action=decision.action,
+            adapter=decision.adapter,
+            collection=getattr(decision, "collection", None),
+            retrieve=bool(getattr(decision, "retrieve", False)),
+            confidence=float(decision.confidence or 0.0),
+            reason=decision.reason or "",
+            fallback=bool(getattr(decision, "fallback", False)),
+            reworks_previous=getattr(decision, "memory", None) == "transform",
+        )
+
+
+@dataclass
+class Probe:
+    """The raw message's search, kept so retrieval can reuse it when the condensed query is the same text."""
+
+    query: str
+    collection: str | list[str] | None
+    hits: list[Any]
+
+
+def public_source(n: int, hit: Any) -> dict[str, Any]:
+    """A SearchHit as stored with the answer and shown in the UI (`text` is kept only for the prompt)."""
+    return {
+        "n": n,
+        "title": getattr(hit, "title", "") or getattr(hit, "source", ""),
+        "source": getattr(hit, "source", ""),
+        "page": getattr(hit, "page", None),
+        "heading": getattr(hit, "heading", "") or "",
+        "snippet": trim_snippet(strip_markdown(getattr(hit, "text", "")), 300),
+        "score": round(float(getattr(hit, "score", 0.0)), 4),
+        "chunk_id": getattr(hit, "chunk_id", None),
+        "collection": getattr(hit, "collection", None),
+        "text": trim_snippet(getattr(hit, "text", "")),
+    }
+
+
+def shown_sources(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sources as callers see and the memory stores them: without the prompt text."""
+    return [{k: v for k, v in s.items() if k != "text"} for s in sources]
+
+
+@dataclass
+class Turn:
+    """One message on its way through the pipeline; each step fills in its part."""
+
+    session_id: str
+    owner: str
+    message: str
+    options: TurnOptions
+    history: list[dict[str, Any]] | None = None  # sent by a stateless API client instead of the stored memory
+    summary: str = ""
+    recent: list[Any] = field(default_factory=list)  # StoredMessage rows, or the client's history dicts
+    message_vector: Any = None
+    probe: Probe | None = None
+    retrieval_strength: float | None = None
+    choice: RouteChoice | None = None
+    query: str | None = None
+    hits: list[Any] = field(default_factory=list)
+    best_score: float | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    evidence: list[Any] = field(default_factory=list)  # bot.answer.evidence.Evidence, best first
+    composed: list[str] = field(default_factory=list)  # the extractive answer's sentences, each with its [n]
+    not_found: bool = False
+    prompt: list[dict[str, str]] = field(default_factory=list)
+    db_down: bool = False
+    withheld: bool = False  # the answer began to echo a system prompt and was replaced
+    notice: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def route(self) -> RouteChoice:
+        assert self.choice is not None, "the turn has not been routed yet"
+        return self.choice
+
+    def start_event(self) -> TurnStart:
+        c = self.route
+        return TurnStart(
+            session_id=self.session_id,
+            route=c.route,
+            action=c.action,
+            adapter=c.adapter,
+            confidence=c.confidence,
+            reason=c.reason,
+            fallback=c.fallback,
+            sources=shown_sources(self.sources),
+            not_found=self.not_found,
+            query=self.query,
+            notice=self.notice,
+        )
+
+    def done_event(self, turn: int, answer: str, notice: str | None) -> TurnDone:
+        c = self.route
+        return TurnDone(
+            session_id=self.session_id,
+            turn=turn,
+            answer=answer,
+            route=c.route,
+            action=c.action,
+            adapter=c.adapter,
+            confidence=c.confidence,
+            reason=c.reason,
+            sources=shown_sources(self.sources),
+            not_found=self.not_found,
+            timings=dict(self.timings),
+            notice=notice,
+        )
+
+
+@dataclass
+class TurnStart:
+    """Sent before the first token: the route badge and the sources."""
+
+    session_id: str
+    route: str
+    action: str
+    adapter: str | None
+    confidence: float
+    reason: str
+    fallback: bool
+    sources: list[dict[str, Any]]
+    not_found: bool
+    query: str | None
+    notice: str | None = None
+
+
+@dataclass
+class Token:
+    text: str
+
+
+@dataclass
+class TurnDone:
+    """Sent once the turn is stored: the whole answer, its turn number and timings."""
+
+    session_id: str
+    turn: int
+    answer: str
+    route: str
+    action: str
+    adapter: str | None
+    confidence: float
+    reason: str
+    sources: list[dict[str, Any]]
+    not_found: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    finish_reason: str = "stop"
+    notice: str | None = None  # set when the database was unreachable: what the user missed and whether it was saved
+
+    def badge(self) -> str:
+        return badge_text(self.route, self.confidence, self.reason, self.adapter)
+
+
+Event = TurnStart | Token | TurnDone
+
+
+def final_event(events: Iterable[Event]) -> TurnDone:
+    """Run a turn's events to the end and return its `TurnDone` (callers that do not stream)."""
+    done = None
+    for event in events:
+        if isinstance(event, TurnDone):
+            done = event
+    if done is None:
+        raise RuntimeError("the turn ended without an answer")
+    return done
+
+
+def badge_text(route: str, confidence: float, reason: str, adapter: str | None = None) -> str:
+    with_adapter = f" · adapter {adapter}" if adapter else ""
+    return f"{route}{with_adapter} · {confidence:.0%} · {reason}"

@@ -1,0 +1,217 @@
+"""OpenAI-compatible chat: `POST /v1/chat/completions` (JSON or SSE) and `GET /v1/models`.
+
+Model "ragtune" (or "auto") lets the router decide; a route or adapter name forces it. ragtune keeps the
+conversation itself: send `session_id` (body field or `X-Session-Id` header) to continue one; without it a new
+session starts, seeded with the messages the client sent. Every answer carries a `ragtune` object with the
+session, route, confidence, reason and sources.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.conversation import Token, TurnDone, TurnOptions, TurnStart
+from bot.conversation.messages import MessageError, check_length
+from bot.conversation.services import Services
+from bot.conversation.turn import final_event
+from bot.server.api.common import (
+    SESSION_ID_PATTERN,
+    ApiError,
+    Body,
+    OwnerDep,
+    ServicesDep,
+    check_session,
+    collection_scope,
+    error_body,
+)
+from bot.server.auth import redact
+from knowledge.names import COLLECTION_NAME_PATTERN
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+AUTO_MODELS = ("ragtune", "auto")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class ChatRequest(Body):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = "ragtune"
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1, le=8192)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    session_id: str | None = Field(default=None, pattern=SESSION_ID_PATTERN)
+    collection: str | None = Field(default=None, pattern=COLLECTION_NAME_PATTERN)
+
+
+def model_catalogue(services: Services) -> dict[str, TurnOptions]:
+    """Model id → the options it forces. Routes and adapters are models."""
+    models: dict[str, TurnOptions] = {name: TurnOptions() for name in AUTO_MODELS}
+    models["knowledge"] = TurnOptions(route="knowledge")
+    models["skill"] = TurnOptions(route="skill")
+    for spec in services.conversation.routes():
+        models[spec.name] = TurnOptions(route=spec.name)
+    for adapter in services.conversation.adapters():
+        models.setdefault(adapter, TurnOptions(adapter=adapter))
+    return models
+
+
+def turn_payload(event: TurnDone | TurnStart) -> dict[str, Any]:
+    """The `ragtune` object of a response: the session, route, confidence, reason and sources of the turn."""
+    data = {
+        "session_id": event.session_id,
+        "route": event.route,
+        "action": event.action,
+        "adapter": event.adapter,
+        "confidence": event.confidence,
+        "reason": event.reason,
+        "sources": event.sources,
+        "not_found": event.not_found,
+    }
+    if isinstance(event, TurnDone):
+        data.update(turn=event.turn, timings=event.timings)
+    return data
+
+
+@router.get("/v1/models")
+def list_models(services: ServicesDep, _: OwnerDep) -> dict:
+    created = int(time.time())
+    data = []
+    for name, options in model_catalogue(services).items():
+        kind = "adapter" if options.adapter else "route" if options.route else "auto"
+        data.append({"id": name, "object": "model", "created": created, "owned_by": "ragtune", "ragtune": kind})
+    return {"object": "list", "data": data}
+
+
+def _check_messages(body: ChatRequest, max_chars: int) -> ChatMessage:
+    """The last message, once every message is a usable length and the last is a non-empty user message."""
+    last = body.messages[-1]
+    if last.role != "user" or not last.text().strip():
+        raise ApiError(
+            400, "messages: the last message must be a non-empty user message", "invalid_messages", "messages"
+        )
+    try:
+        for i, message in enumerate(body.messages):
+            check_length(message.text(), max_chars, f"messages[{i}]")
+    except MessageError as exc:
+        raise ApiError(400, str(exc), exc.code, "messages") from None
+    return last
+
+
+async def _session(services: Services, owner: str, body: ChatRequest, request: Request) -> tuple[str, list | None]:
+    """The session to continue (checked), or a new one with the history the client sent."""
+    session_id = body.session_id or request.headers.get("x-session-id")
+    if session_id:
+        await run_in_threadpool(check_session, services, owner, session_id)
+        return session_id, None
+    session_id = await run_in_threadpool(services.memory.create_session, owner, "")
+    history = [{"role": m.role, "content": m.text()} for m in body.messages[:-1] if m.role in ("user", "assistant")]
+    return session_id, history
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatRequest, request: Request, services: ServicesDep, owner: OwnerDep
+) -> JSONResponse | StreamingResponse:
+    catalogue = model_catalogue(services)
+    if body.model not in catalogue:
+        raise ApiError(404, f"model {body.model!r}: unknown (GET /v1/models lists them)", "model_not_found", "model")
+    last = _check_messages(body, services.settings.max_message_chars)
+    base = catalogue[body.model]
+    scope = await run_in_threadpool(collection_scope, services, owner, body.collection)
+    options = TurnOptions(
+        route=base.route,
+        adapter=base.adapter,
+        collection=scope,
+        max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+    )
+    session_id, history = await _session(services, owner, body, request)
+    events = services.conversation.stream(session_id, owner, last.text(), options, history=history)
+    try:  # routing and retrieval run before the response starts, so their errors are proper 4xx
+        start = await run_in_threadpool(next, events)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "invalid_request") from None
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    headers = {"X-Session-Id": session_id}
+    if body.stream:
+        stream = _sse(events, start, completion_id, created, body.model, services.settings)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    done = await run_in_threadpool(final_event, events)
+    return JSONResponse(_completion(done, completion_id, created, body.model), headers=headers)
+
+
+def _completion(done: TurnDone, completion_id: str, created: int, model: str) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": done.answer}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "ragtune": turn_payload(done),
+    }
+
+
+def _sse(
+    events: Iterator, start: TurnStart, completion_id: str, created: int, model: str, settings: Any
+) -> Iterator[str]:
+    """OpenAI's chunk stream; the first chunk carries the route and sources, the last the stored turn."""
+
+    def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+        }
+        if extra:
+            body["ragtune"] = extra
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""}, extra=turn_payload(start))
+    try:
+        for event in events:  # the pipeline already cut any echo of the system prompt out of the tokens
+            if isinstance(event, Token):
+                yield chunk({"content": event.text})
+            elif isinstance(event, TurnDone):
+                yield chunk({}, "stop", turn_payload(event))
+    except Exception as exc:  # headers are sent: report in-band, as OpenAI servers do
+        log.error("stream failed: %s", redact("".join(traceback.format_exception(exc)), settings))
+        message = f"generation failed ({type(exc).__name__}); see the server log"
+        yield f"data: {json.dumps(error_body(message, 'generation_failed', kind='server_error'))}\n\n"
+    yield "data: [DONE]\n\n"
