@@ -1,5 +1,7 @@
 """`ragtune eval all` end to end on a tiny folder cut from COVID-QA: real PostgreSQL, MiniLM, SmolLM2, a LoRA
-adapter trained by `--adapter auto`, the router. Asserts on structure and invariants, never on answer wording."""
+adapter trained by `--adapter auto`, the router, and a few unanswerable questions (banking and home-assistant fact
+questions from the router data, which a COVID corpus cannot answer). Asserts on structure and invariants, never on
+answer wording."""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def test_eval_all_writes_json_and_html_with_every_mode(env, db, shared_data, tmp
     out_json, out_html = tmp_path / "report.json", tmp_path / "report.html"
     args = ["eval", "all", "--data", str(folder), "--data", str(router_file), "--limit", "5", "--adapter", "auto",
             "--train-steps", "2", "--max-new-tokens", "6", "--quiet", "--json", str(out_json),
-            "--html", str(out_html)]  # fmt: skip
+            "--html", str(out_html), "--unanswerable", str(router_file), "--unanswerable-limit", "3"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
 
@@ -63,8 +65,28 @@ def test_eval_all_writes_json_and_html_with_every_mode(env, db, shared_data, tmp
         assert s["n"] == 5 and 0.0 <= s["f1_ci"][0] <= s["f1"] <= s["f1_ci"][1] <= 1.0
         assert 0 < s["latency_p50_s"] <= s["latency_p95_s"] and s["cost_per_1000"] > 0
     rag = qa["summary"]["rag"]
-    assert rag["gold_retrieved"] is not None and rag["faithfulness_n"] + 5 * rag["abstention"] >= 1
+    assert rag["gold_retrieved"] is not None and rag["support_answers"] + 5 * rag["abstention"] >= 1
     assert qa["summary"]["base"]["gold_retrieved"] is None  # no sources on the skill path
+    for a in qa["answers"]:  # gold cited counts inline [n] only, and only cited passages are checked for support
+        if a["gold_cited"]:
+            assert a["cited"] and "[" in a["answer"]
+        if a["sentences"] is not None:
+            assert a["mode"] in ("rag", "routed") and 0 <= a["unsupported"] <= a["sentences"]
+            assert a["unsupported"] == a["sentences"] or a["citations"]  # nothing cited, nothing supported
+    if rag["support_sentences"]:
+        assert 0.0 <= rag["unsupported_rate"] <= 1.0
+    assert rag["false_abstention"] == rag["abstention"] and qa["summary"]["base"]["false_abstention"] is None
+
+    # unanswerable questions: asked in the modes that retrieve, scored on abstention only, never in F1
+    assert qa["unanswerable"]["questions"] == 3 and qa["unanswerable"]["modes"] == ["rag", "routed"]
+    assert len(qa["unanswerable_answers"]) == 6 and all(a["unanswerable"] for a in qa["unanswerable_answers"])
+    assert not any(a["unanswerable"] for a in qa["answers"])
+    for mode in ("rag", "routed"):
+        s = qa["summary"][mode]
+        assert s["unanswerable_n"] == 3 and 0.0 <= s["abstention_unanswerable"] <= 1.0
+        assert f"qa/tiny-qa/{mode}/abstention_unanswerable" in report["metrics"]
+    assert qa["summary"]["base"]["abstention_unanswerable"] is None
+    assert {s["mode"] for s in qa["samples"]} == set(MODES) and len(qa["samples"]) == 5 * 4 + 3 * 2
     routed = [a for a in qa["answers"] if a["mode"] == "routed"]
     assert all(a["route"] in ("knowledge", "skill") for a in routed)
     by_key = {(a["id"], a["mode"]): a for a in qa["answers"]}
@@ -79,6 +101,7 @@ def test_eval_all_writes_json_and_html_with_every_mode(env, db, shared_data, tmp
 
     page = out_html.read_text()
     assert page.startswith("<!doctype html>") and "<svg" in page and "Verdict" in page
+    assert "abstains on unanswerable" in page and "Sample answers" in page and "unsupported claims" in page
     assert all(f"<td>{mode}" in page for mode in MODES)
 
     # a rerun with the same held-out pairs finds the adapter (--adapter auto is the default): no training again

@@ -1,15 +1,17 @@
-"""Evaluation maths on hand-made cases: SQuAD F1 and containment, bootstrap intervals, verdicts, faithfulness, SVG."""
+"""Evaluation maths on hand-made cases: SQuAD F1 and containment, bootstrap intervals, verdicts, support and
+citation figures, unanswerable questions, data validation, SVG and HTML."""
 
 from __future__ import annotations
 
+import json
 import math
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from bot.evaluate.faithfulness import FaithfulnessScorer, cited_numbers, split_sentences
 from bot.evaluate.metrics import (
     bootstrap_ci,
     contains_answer,
@@ -17,7 +19,7 @@ from bot.evaluate.metrics import (
     paired_bootstrap_diff,
     token_f1,
 )
-from bot.evaluate.qa import QARunner
+from bot.evaluate.qa import Answer, QAConfig, QARunner, read_answers, read_unanswerable, summarise, validate_qa
 from bot.evaluate.report import render_html, scatter_svg
 from bot.evaluate.verdict import decide
 from knowledge.evaluation import percentile
@@ -100,43 +102,97 @@ def test_verdict_names_a_clear_winner_only_when_the_interval_excludes_zero():
     assert any("Caveats: 4 questions" in line for line in verdict["text"])
 
 
-class WordsEmbedder:
-    """Bag of words (hashed): cosine 1 for the same words, about 0 for disjoint ones."""
-
-    name = "words"
-
-    def embed_documents(self, texts):
-        rows = []
-        for text in texts:
-            vec = np.zeros(997)
-            for word in normalize_answer(text).split():
-                vec[sum(map(ord, word)) % 997] += 1
-            rows.append(vec / (np.linalg.norm(vec) or 1.0))
-        return np.array(rows)
+def _answer(mode: str, qid: str, **fields) -> Answer:
+    base = dict(id=qid, mode=mode, answer="x", route="knowledge", action="knowledge", adapter=None, not_found=False,
+                sources=[], cited=[], latency_s=1.0, generate_s=0.5, tokens=3)  # fmt: skip
+    return Answer(**{**base, **fields})
 
 
-def test_faithfulness_counts_supported_sentences():
-    scorer = FaithfulnessScorer(WordsEmbedder(), threshold=0.9)
-    passage = "Mother to child transmission is the main cause of infection. Other routes are rare."
-    support = scorer.score(
-        "Mother to child transmission is the main cause of infection [1]. Bananas grow on tall green trees.",
-        [("p1", passage)],
-    )
-    assert support.sentences == 2 and support.supported == 1 and support.fraction == 0.5
-    assert scorer.score("Short.", [("p1", passage)]) is None
-    assert scorer.score("A long enough sentence here.", []) is None
-    with pytest.raises(ValueError, match="threshold"):
-        FaithfulnessScorer(WordsEmbedder(), threshold=0)
-
-
-def test_sentences_and_citations():
-    assert split_sentences("First one is here. Second one [2] is here! ok") == [
-        "First one is here.",
-        "Second one [2] is here! ok",
+def test_summary_counts_unsupported_sentences_citations_and_abstention():
+    answers = [
+        _answer("rag", "1", sentences=3, unsupported=1, cites_shown=True),
+        _answer("rag", "2", sentences=1, unsupported=1, cites_shown=False),
+        _answer("rag", "3", not_found=True),  # abstained: no sentences, no citation figure
+        _answer("rag", "4", sentences=4, unsupported=0, cites_shown=True),
+        _answer("base", "1", route="skill", action="skill"),
     ]
-    assert cited_numbers("as [1] and [3] say") == {1, 3}
-    assert QARunner._cited("see [2]", ["a", "b", "c"]) == ["b"]
-    assert QARunner._cited("no marks", ["a", "b"]) == ["a", "b"]
+    unanswerable = [_answer("rag", f"u{i}", unanswerable=True, not_found=i < 3) for i in range(4)]
+    summary = summarise(answers, QAConfig(), unanswerable)
+    rag, base = summary["rag"], summary["base"]
+    assert rag["n"] == 4  # the unanswerable questions are not in F1, containment or n
+    assert rag["unsupported_rate"] == 2 / 8 and rag["support_sentences"] == 8 and rag["support_answers"] == 3
+    assert rag["citation_rate"] == 2 / 3
+    assert rag["false_abstention"] == 1 / 4 and rag["abstention_unanswerable"] == 3 / 4 and rag["unanswerable_n"] == 4
+    assert base["unsupported_rate"] is None and base["citation_rate"] is None and base["false_abstention"] is None
+    assert base["abstention_unanswerable"] is None
+
+
+def test_only_inline_citations_count():
+    """The old fallback counted every shown source as cited when the answer cited none: "gold cited" then equalled
+    "gold retrieved". Listing a source is not citing it."""
+    sources = [{"n": 1, "source": "c.jsonl#a"}, {"n": 2, "source": "c.jsonl#b"}, {"n": 3, "source": "c.jsonl#c"}]
+    assert QARunner._cited("see [2]", sources) == ["b"]
+    assert QARunner._cited("as [1] and [3] say", sources) == ["a", "c"]
+    assert QARunner._cited("no marks", sources) == []
+    assert QARunner._cited("see [2]", [{"source": "c.jsonl#a"}, {"source": "c.jsonl#b"}]) == ["b"]  # by position
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_answers_in_either_layout_and_bad_lines_name_file_line_and_key(tmp_path):
+    _write(tmp_path / "answers.jsonl", [{"_id": "1", "question": "Q?", "answer": "A."}, "",
+                                        {"pubid": 7, "question": "Does it?", "final_decision": "Yes",
+                                         "long_answer": "It does, in most patients."}])  # fmt: skip
+    first, second = read_answers(tmp_path)
+    assert (first.id, first.answer, first.label) == ("1", "A.", None)
+    assert (second.id, second.answer, second.label) == ("7", "It does, in most patients.", "yes")
+    _write(tmp_path / "answers.jsonl", [{"_id": "1", "question": "Q?", "answer": "A."},
+                                        {"_id": "2", "question": "Q?", "final": "no"}])  # fmt: skip
+    with pytest.raises(ValueError, match=r"answers.jsonl:2: missing key 'answer'"):
+        read_answers(tmp_path)
+    _write(tmp_path / "answers.jsonl", [{"question": "Q?", "answer": "A."}])
+    with pytest.raises(ValueError, match=r"answers.jsonl:1: missing key '_id'"):
+        read_answers(tmp_path)
+    _write(tmp_path / "answers.jsonl", ["{not json"])
+    with pytest.raises(ValueError, match=r"answers.jsonl:1: not JSON"):
+        read_answers(tmp_path)
+
+
+def test_unanswerable_questions_keep_knowledge_lines_and_sample_with_a_seed(tmp_path):
+    rows = [{"text": f"fact {i}?", "route": "knowledge" if i % 2 else "skill"} for i in range(20)]
+    file = _write(tmp_path / "router.jsonl", rows)
+    items = read_unanswerable(file)
+    assert [i.question for i in items] == [f"fact {i}?" for i in range(1, 20, 2)]
+    assert all(i.unanswerable and i.answer == "" for i in items)
+    assert read_unanswerable(file, limit=3, seed=1) == read_unanswerable(file, limit=3, seed=1)
+    assert len(read_unanswerable(file, limit=3)) == 3
+    (one,) = read_unanswerable(_write(tmp_path / "q.jsonl", [{"question": "Why?", "_id": "q1"}]))
+    assert one.id == "unanswerable:q1"
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: missing key 'question' \(or 'text'\)"):
+        read_unanswerable(_write(tmp_path / "bad.jsonl", [{"text": "ok?"}, {"query": "no"}]))
+
+
+def test_a_bad_folder_fails_before_any_model_loads(tmp_path):
+    """`eval qa` reads and checks the data first: a PubMedQA-like file without an answer key used to fail only after
+    minutes of model loading. No database or model is set up here, so reaching them would fail differently."""
+    from bot.cli import cli
+
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    _write(folder / "answers.jsonl", [{"pubid": 1, "question": "Q?", "reasoning_required_pred": "yes"}])
+    result = CliRunner().invoke(cli, ["eval", "qa", str(folder), "--modes", "base"])
+    assert result.exit_code == 2 and "answers.jsonl:1: missing key 'answer'" in result.output
+    _write(folder / "answers.jsonl", [{"pubid": 1, "question": "Q?", "final_decision": "no"}])
+    result = CliRunner().invoke(cli, ["eval", "qa", str(folder), "--modes", "rag"])
+    assert result.exit_code == 2 and "corpus.jsonl is missing" in result.output
+    (folder / "corpus.jsonl").write_text("")
+    bad = _write(tmp_path / "u.jsonl", [{"route": "knowledge"}])
+    result = CliRunner().invoke(cli, ["eval", "all", "--data", str(folder), "--unanswerable", str(bad)])
+    assert result.exit_code == 2 and "u.jsonl:1: missing key 'question'" in result.output
+    validate_qa(folder, ["rag"], None)  # a valid folder passes
 
 
 def test_scatter_is_valid_svg_and_report_escapes_text():
@@ -148,6 +204,12 @@ def test_scatter_is_valid_svg_and_report_escapes_text():
          "notes": [], "samples": []}]}  # fmt: skip
     page = render_html(report)
     assert "&lt;script&gt;" in page and "<script>" not in page and "<svg" in page
+    sample = {"id": "1", "mode": "rag", "question": "Refund window?", "answer": "45 days [1] <b>", "gold": "45 days",
+              "label": "yes", "f1": 0.8, "not_found": False, "unanswerable": False, "problems": ["x (why)"],
+              "citations": [{"n": 1, "id": "doc1", "snippet": "Refunds within 45 days"}]}  # fmt: skip
+    report["qa"][0].update(modes=["rag"], samples=[sample])
+    page = render_html(report)
+    assert "Refunds within 45 days" in page and "decision: yes" in page and "&lt;b&gt;" in page
 
 
 def test_eval_all_picks_the_parts_that_apply(tmp_path):
@@ -170,11 +232,16 @@ def test_trend_metrics_are_flat_numbers():
     from bot.evaluate.report import trend_metrics
 
     report = {
-        "qa": [{"dataset": "/d/covid-qa", "summary": {"rag": {"f1": 0.5, "faithfulness": None, "contains": 0.25}}}],
+        "qa": [{"dataset": "/d/covid-qa", "summary": {"rag": {"f1": 0.5, "unsupported_rate": None, "contains": 0.25,
+                                                              "abstention_unanswerable": 0.9, "citation_rate": 1.0,
+                                                              "false_abstention": 0.05}}}],
         "router": [{"file": "/r/dev.jsonl", "accuracy": 0.875}],
-    }
+    }  # fmt: skip
     assert trend_metrics(report) == {
         "qa/covid-qa/rag/f1": 0.5,
         "qa/covid-qa/rag/contains": 0.25,
+        "qa/covid-qa/rag/citation_rate": 1.0,
+        "qa/covid-qa/rag/abstention_unanswerable": 0.9,
+        "qa/covid-qa/rag/false_abstention": 0.05,
         "router/dev/accuracy": 0.875,
     }

@@ -110,11 +110,26 @@ def _qa_options(command):
             help="Assumed $ per hour of the serving machine, for cost per 1,000 questions.",
         ),
         click.option(
+            "--support-threshold",
             "--faithfulness-threshold",
+            "support_threshold",
             type=click.FloatRange(0.01, 1.0),
-            default=0.6,
-            show_default=True,
-            help="Sentence cosine at which an answer sentence counts as supported.",
+            default=None,
+            help="Sentence cosine at which an answer sentence can count as supported (default: the calibrated "
+            "value in bot/answer/support.py). --faithfulness-threshold is the old name.",
+        ),
+        click.option(
+            "--unanswerable",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="A .jsonl of questions the corpus cannot answer ({question} or {text}; a router file keeps route "
+            "'knowledge'), asked in rag and routed: abstention on unanswerable, false abstention on the rest.",
+        ),
+        click.option(
+            "--unanswerable-limit",
+            type=click.IntRange(min=1),
+            default=None,
+            help="A seeded sample of N unanswerable questions (default: all).",
         ),
         click.option(
             "--train-steps", type=click.IntRange(min=1), default=40, show_default=True, help="Steps for --adapter auto."
@@ -130,12 +145,18 @@ def _qa_options(command):
 
 
 def _qa_config(opts: dict):
+    from bot.answer.support import DEFAULT_SUPPORT_THRESHOLD
     from bot.evaluate.qa import QAConfig
 
+    threshold = opts["support_threshold"] if opts["support_threshold"] is not None else DEFAULT_SUPPORT_THRESHOLD
     return QAConfig(
-        modes=_modes(opts["modes"]), adapter=opts["adapter"], max_new_tokens=opts["max_new_tokens"], seed=opts["seed"],
-        price_per_hour=opts["price_per_hour"], faithfulness_threshold=opts["faithfulness_threshold"],
-    )  # fmt: skip
+        modes=_modes(opts["modes"]),
+        adapter=opts["adapter"],
+        max_new_tokens=opts["max_new_tokens"],
+        seed=opts["seed"],
+        price_per_hour=opts["price_per_hour"],
+        support_threshold=threshold,
+    )
 
 
 def _services():
@@ -149,9 +170,12 @@ def _services():
 
 def _print_qa(part: dict) -> None:
     click.echo(f"\n{part['dataset']}: {part['questions']} questions")
+    if part.get("unanswerable"):
+        u = part["unanswerable"]
+        click.echo(f"unanswerable: {u['questions']} questions from {u['file']} in {', '.join(u['modes']) or '-'}")
     click.echo(
-        f"{'mode':<7} {'F1':>6} {'95% CI':>13} {'contain':>7} {'goldret':>7} {'goldcit':>7} {'abst':>5} "
-        f"{'faith':>5} {'p50 s':>6} {'p95 s':>6} {'tok':>5} {'$/1k q':>7}"
+        f"{'mode':<7} {'F1':>6} {'95% CI':>13} {'contain':>7} {'goldret':>7} {'goldcit':>7} {'cites':>5} "
+        f"{'unsup':>5} {'abst':>5} {'abst-u':>6} {'false':>5} {'p50 s':>6} {'p95 s':>6} {'tok':>5} {'$/1k q':>7}"
     )
 
     def pct(v):
@@ -160,9 +184,15 @@ def _print_qa(part: dict) -> None:
     for mode, s in part["summary"].items():
         click.echo(
             f"{mode:<7} {s['f1']:>6.3f} {s['f1_ci'][0]:>6.3f}-{s['f1_ci'][1]:<6.3f} {pct(s['contains']):>7} "
-            f"{pct(s['gold_retrieved']):>7} {pct(s['gold_cited']):>7} {pct(s['abstention'])} {pct(s['faithfulness'])} "
-            f"{s['latency_p50_s']:>6.2f} {s['latency_p95_s']:>6.2f} {s['tokens_mean']:>5.1f} {s['cost_per_1000']:>7.3f}"
+            f"{pct(s['gold_retrieved']):>7} {pct(s['gold_cited']):>7} {pct(s.get('citation_rate'))} "
+            f"{pct(s.get('unsupported_rate'))} {pct(s['abstention'])} {pct(s.get('abstention_unanswerable')):>6} "
+            f"{pct(s.get('false_abstention'))} {s['latency_p50_s']:>6.2f} {s['latency_p95_s']:>6.2f} "
+            f"{s['tokens_mean']:>5.1f} {s['cost_per_1000']:>7.3f}"
         )
+    click.echo(
+        "cites = answers citing a shown source inline; unsup = unsupported answer sentences; abst-u = abstained on "
+        "unanswerable questions; false = abstained on answerable ones"
+    )
     click.echo("")
     for line in part["verdict"]["text"]:
         click.echo(line)
@@ -176,20 +206,30 @@ def _print_qa(part: dict) -> None:
 def eval_qa(directory: Path, collection: str | None, **opts) -> None:
     """Answer quality, latency and cost of base, rag, lora and routed on DIRECTORY.
 
-    DIRECTORY holds answers.jsonl ({_id, question, answer}), corpus.jsonl and optionally qrels/test.tsv (gold
-    passages). The corpus is ingested into a scratch collection that is kept, so a rerun skips ingestion.
+    DIRECTORY holds answers.jsonl ({_id, question, answer}, or PubMedQA's {pubid, question, final_decision,
+    long_answer}), corpus.jsonl and optionally qrels/test.tsv (gold passages). The corpus is ingested into a scratch
+    collection that is kept, so a rerun skips ingestion. The data is checked before any model loads.
     """
+    from bot.evaluate.qa import validate_qa
     from bot.evaluate.report import write_report
     from bot.evaluate.suite import new_report, run_qa_part
 
     started = time.perf_counter()
     config = _qa_config(opts)
+    validate_qa(directory, [] if collection else config.modes, opts["unanswerable"])
     services = _services()
     try:
         part = run_qa_part(
-            services, directory, config, limit=opts["limit"], collection=collection, train_steps=opts["train_steps"],
+            services,
+            directory,
+            config,
+            limit=opts["limit"],
+            collection=collection,
+            train_steps=opts["train_steps"],
             progress=not opts["quiet"],
-        )  # fmt: skip
+            unanswerable=opts["unanswerable"],
+            unanswerable_limit=opts["unanswerable_limit"],
+        )
     finally:
         services.close()
     report = new_report(opts["seed"])
@@ -219,14 +259,21 @@ def _kinds(path: Path) -> list[str]:
 
 
 @eval_group.command("all")
-@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
-              help="Repeatable: a BEIR folder (retrieval), a folder with answers.jsonl (qa, and retrieval when it is "
-              "BEIR too), or a labelled .jsonl / folder with dev.jsonl (router).")  # fmt: skip
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Repeatable: a BEIR folder (retrieval), a folder with answers.jsonl (qa, and retrieval when it is "
+    "BEIR too), or a labelled .jsonl / folder with dev.jsonl (router).",
+)
 @click.option("--no-retrieval", is_flag=True, help="Skip retrieval even on BEIR folders.")
 @_qa_options
 @user_errors
 def eval_all(data: tuple[Path, ...], no_retrieval: bool, **opts) -> None:
     """One HTML report and one JSON for every part that applies to each --data path."""
+    from bot.evaluate.qa import validate_qa
     from bot.evaluate.report import write_report
     from bot.evaluate.suite import new_report, run_qa_part, run_retrieval_part, run_router_part
 
@@ -236,6 +283,9 @@ def eval_all(data: tuple[Path, ...], no_retrieval: bool, **opts) -> None:
             raise ValueError(f"{path}: nothing to evaluate (need answers.jsonl, a BEIR layout or a labelled .jsonl)")
     started = time.perf_counter()
     config = _qa_config(opts)
+    for path, kinds in plan:  # every QA folder is read and checked before the models load
+        if "qa" in kinds:
+            validate_qa(path, config.modes, opts["unanswerable"])
     report = new_report(opts["seed"])
     services = _services()
     try:
@@ -245,8 +295,16 @@ def eval_all(data: tuple[Path, ...], no_retrieval: bool, **opts) -> None:
                 report["retrieval"].append(run_retrieval_part(services, path))
             if "qa" in kinds:
                 click.echo(f"qa: {path}", err=True)
-                part = run_qa_part(services, path, config, limit=opts["limit"], train_steps=opts["train_steps"],
-                                   progress=not opts["quiet"])  # fmt: skip
+                part = run_qa_part(
+                    services,
+                    path,
+                    config,
+                    limit=opts["limit"],
+                    train_steps=opts["train_steps"],
+                    progress=not opts["quiet"],
+                    unanswerable=opts["unanswerable"],
+                    unanswerable_limit=opts["unanswerable_limit"],
+                )
                 report["qa"].append(part)
                 _print_qa(part)
             if "router" in kinds:

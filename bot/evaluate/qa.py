@@ -6,6 +6,9 @@ Modes (each a `Conversation.ask` on the product's own services, one fresh sessio
 - lora:   the skill path with the adapter;
 - routed: no forced route: the router decides. Its skill route is bound to the adapter (as a user would in a
           routes file), so "routed" means "rag or lora, chosen per message".
+Each answer is scored against gold (F1, containment), its inline citations, and sentence by sentence against the
+passages it cites (bot.answer.support). Questions of another data set (`--unanswerable`) are asked in the modes
+that retrieve and scored only on whether they abstain.
 Decoding is greedy, so when the router's choice gives exactly the prompt of a mode already run for this question
 (same route, adapter and retrieved passages), the pipeline is stopped after its routing step (the `TurnStart`
 event) and that mode's answer is reused; latency is then the routing time plus that mode's generation time.
@@ -15,19 +18,21 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.evaluate.faithfulness import FaithfulnessScorer, cited_numbers
+from bot.answer.support import DEFAULT_SUPPORT_THRESHOLD, Passage, SupportChecker, cited_numbers
 from bot.evaluate.metrics import bootstrap_ci, contains_answer, token_f1
 from knowledge.evaluation import percentile
 
 log = logging.getLogger(__name__)
 
 MODES = ("base", "rag", "lora", "routed")
+RETRIEVING = ("rag", "routed")  # the modes that search the corpus: unanswerable questions are asked in these
 OWNER = "ragtune-eval"
 DEFAULT_MAX_NEW_TOKENS = 24  # gold answers in extractive QA are short (COVID-QA: median 10 words)
 # Roughly the on-demand hourly price of a 2-vCPU general-purpose cloud VM (the machine the default model targets).
@@ -38,8 +43,10 @@ DEFAULT_PRICE_PER_HOUR = 0.10
 class QAItem:
     id: str
     question: str
-    answer: str
+    answer: str  # the gold answer F1 and containment compare with ("" for an unanswerable question)
     gold_passages: set[str] = field(default_factory=set)
+    label: str | None = None  # PubMedQA's final_decision (yes/no/maybe), kept beside the long answer
+    unanswerable: bool = False  # asked against a corpus that does not hold the answer: abstaining is right
 
 
 @dataclass
@@ -49,28 +56,98 @@ class QAConfig:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     seed: int = 0
     price_per_hour: float = DEFAULT_PRICE_PER_HOUR
-    faithfulness_threshold: float = 0.6
+    support_threshold: float = DEFAULT_SUPPORT_THRESHOLD
 
 
-def read_answers(directory: Path) -> list[tuple[str, str, str]]:
-    """(id, question, answer) rows of DIR/answers.jsonl, in file order; bad lines name their line number."""
-    path = Path(directory) / "answers.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: a QA folder holds answers.jsonl ({{_id, question, answer}})")
-    rows = []
+ID_KEYS = ("_id", "pubid", "id")
+LAYOUTS = "{_id, question, answer}, or PubMedQA's {pubid or _id, question, final_decision, long_answer}"
+
+
+def _jsonl(path: Path):
+    """(line number, object) for each non-blank line; a line that is not a JSON object stops with its number."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                rows.append((str(record["_id"]), str(record["question"]).strip(), str(record["answer"]).strip()))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: need a JSON object with _id, question, answer ({exc})") from None
-    rows = [r for r in rows if r[1] and r[2]]
-    if not rows:
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc.args[0].split(':')[0]})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: need a JSON object, got {type(record).__name__}")
+            yield number, record
+
+
+def _qa_record(path: Path, number: int, record: dict) -> QAItem:
+    """One answers.jsonl line in either layout. PubMedQA: the gold answer is `long_answer` (what F1 and containment
+    compare with) and `final_decision` is kept as the label; without a long answer the decision is the gold."""
+    qid = next((record[k] for k in ID_KEYS if record.get(k) not in (None, "")), None)
+    if qid is None:
+        raise ValueError(f"{path}:{number}: missing key '_id' (or 'pubid'); answers.jsonl lines are {LAYOUTS}")
+    if "question" not in record:
+        raise ValueError(f"{path}:{number}: missing key 'question'; answers.jsonl lines are {LAYOUTS}")
+    label = record.get("final_decision")
+    gold = record.get("answer", record.get("long_answer", label))
+    if gold is None:
+        raise ValueError(
+            f"{path}:{number}: missing key 'answer' (or 'long_answer'/'final_decision'); "
+            f"answers.jsonl lines are {LAYOUTS}"
+        )
+    if isinstance(gold, list):  # some exports keep the long answer as a list of sentences
+        gold = " ".join(map(str, gold))
+    return QAItem(
+        str(qid),
+        str(record["question"]).strip(),
+        str(gold).strip(),
+        label=str(label).strip().lower() if label is not None else None,
+    )
+
+
+def read_answers(directory: Path) -> list[QAItem]:
+    """The questions of DIR/answers.jsonl in file order (no qrels); a bad line stops with file, line and key."""
+    path = Path(directory) / "answers.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: a QA folder holds answers.jsonl ({LAYOUTS})")
+    items = [_qa_record(path, number, record) for number, record in _jsonl(path)]
+    items = [item for item in items if item.question and item.answer]
+    if not items:
         raise ValueError(f"{path}: no question with an answer")
-    return rows
+    return items
+
+
+def read_unanswerable(file: Path, limit: int | None = None, seed: int = 0) -> list[QAItem]:
+    """Questions the corpus cannot answer, from a .jsonl of {"question"} or {"text"} lines. A router-style file
+    ({"text", "route"}) keeps only route == "knowledge" (fact questions; the rest is small talk and tasks). With
+    `limit`, a seeded sample (file order kept), so the data set's first topic does not fill it."""
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing (--unanswerable needs a .jsonl of questions)")
+    items = []
+    for number, record in _jsonl(file):
+        text = record.get("question", record.get("text"))
+        if text is None:
+            raise ValueError(f"{file}:{number}: missing key 'question' (or 'text')")
+        if "route" in record and record["route"] != "knowledge":
+            continue
+        qid = next((record[k] for k in ID_KEYS if record.get(k) not in (None, "")), f"line{number}")
+        if str(text).strip():
+            items.append(QAItem(f"unanswerable:{qid}", str(text).strip(), "", unanswerable=True))
+    if not items:
+        raise ValueError(f"{file}: no question (a router file needs lines with route 'knowledge')")
+    if limit is not None and limit < len(items):
+        keep = set(random.Random(seed).sample(range(len(items)), limit))
+        items = [item for i, item in enumerate(items) if i in keep]
+    return items
+
+
+def validate_qa(directory: Path, modes: Sequence[str], unanswerable: Path | None = None) -> None:
+    """Everything a QA run reads, checked before any model loads (a bad folder used to fail after minutes)."""
+    directory = Path(directory)
+    read_answers(directory)
+    if set(modes) & set(RETRIEVING) and not (directory / "corpus.jsonl").is_file():
+        raise FileNotFoundError(f"{directory / 'corpus.jsonl'} is missing: the rag and routed modes need a corpus")
+    if unanswerable is not None:
+        read_unanswerable(unanswerable)
 
 
 def read_qrels(directory: Path, split: str = "test") -> dict[str, set[str]]:
@@ -89,8 +166,10 @@ def read_qrels(directory: Path, split: str = "test") -> dict[str, set[str]]:
 def load_qa(directory: Path, limit: int | None = None, split: str = "test") -> list[QAItem]:
     """The first `limit` questions of answers.jsonl (file order, so a limit is the same subset every time)."""
     qrels = read_qrels(directory, split)
-    rows = read_answers(directory)[: limit or None]
-    return [QAItem(qid, q, a, qrels.get(qid, set())) for qid, q, a in rows]
+    items = read_answers(directory)[: limit or None]
+    for item in items:
+        item.gold_passages = qrels.get(item.id, set())
+    return items
 
 
 def record_id(source: dict[str, Any]) -> str:
@@ -118,7 +197,12 @@ class Answer:
     contains: bool = False
     gold_retrieved: bool | None = None
     gold_cited: bool | None = None
-    faithfulness: float | None = None
+    cites_shown: bool | None = None  # at least one inline [n] naming a shown source (None: nothing was shown)
+    sentences: int | None = None  # answer sentences checked against the cited passages (knowledge answers)
+    unsupported: int | None = None  # of those, how many the support check rejected
+    problems: list[str] = field(default_factory=list)  # "sentence: why", for the unsupported ones (first few)
+    citations: list[dict] = field(default_factory=list)  # the cited sources: n, record id, snippet
+    unanswerable: bool = False
     reused_from: str | None = None
     confidence: float | None = None
     chunk_ids: list = field(default_factory=list)
@@ -137,7 +221,7 @@ class QARunner:
         self.collection = collection
         self.config = config
         self.routed = routed_conversation or services.conversation
-        self.scorer = FaithfulnessScorer(services.embedder, config.faithfulness_threshold)
+        self.checker = SupportChecker(services.embedder, config.support_threshold)
         self._chunk_text: dict[int, str] = {}
 
     # --- one answer ----------------------------------------------------------------------------
@@ -186,11 +270,20 @@ class QARunner:
         elapsed = time.perf_counter() - started
         sources = [record_id(s) for s in done.sources]
         answer = Answer(
-            id=item.id, mode=mode, answer=done.answer, route=done.route, action=done.action, adapter=done.adapter,
-            not_found=done.not_found, sources=sources, cited=self._cited(done.answer, sources), latency_s=elapsed,
-            generate_s=float(done.timings.get("generate_s", 0.0)), confidence=float(done.confidence),
+            id=item.id,
+            mode=mode,
+            answer=done.answer,
+            route=done.route,
+            action=done.action,
+            adapter=done.adapter,
+            not_found=done.not_found,
+            sources=sources,
+            cited=self._cited(done.answer, done.sources),
+            latency_s=elapsed,
+            generate_s=float(done.timings.get("generate_s", 0.0)),
+            confidence=float(done.confidence),
             tokens=0 if done.not_found else self._tokens(done.answer),
-        )  # fmt: skip
+        )
         self._score(item, answer, done.sources)
         return answer
 
@@ -213,42 +306,57 @@ class QARunner:
         return answer
 
     @staticmethod
-    def _cited(answer: str, sources: list[str]) -> list[str]:
-        """Sources the answer cites as [n]; when it cites none, every source shown with it (the UI lists them)."""
+    def _numbered(sources: list[dict]) -> list[tuple[int, dict]]:
+        """(n, source) as the answer's [n] markers name them: a source's own `n`, else its 1-based position."""
+        return [(int(s.get("n") or position), s) for position, s in enumerate(sources, start=1)]
+
+    @classmethod
+    def _cited(cls, answer: str, sources: list[dict]) -> list[str]:
+        """Record ids of the sources the answer cites inline as [n]. Only inline citations count: listing sources
+        beside an answer is not citing them (counting every shown source made "gold cited" equal "gold retrieved")."""
         numbers = cited_numbers(answer)
-        picked = [s for n, s in enumerate(sources, start=1) if n in numbers]
-        return picked if numbers else list(sources)
+        return [record_id(s) for n, s in cls._numbered(sources) if n in numbers]
 
     def _score(self, item: QAItem, answer: Answer, sources: list[dict]) -> None:
-        answer.f1 = 0.0 if answer.not_found else token_f1(answer.answer, item.answer)
-        answer.contains = (not answer.not_found) and contains_answer(answer.answer, item.answer)
+        answered = not answer.not_found
+        answer.unanswerable = item.unanswerable
+        answer.f1 = token_f1(answer.answer, item.answer) if answered and not item.unanswerable else 0.0
+        answer.contains = answered and not item.unanswerable and contains_answer(answer.answer, item.answer)
         answer.chunk_ids = [s.get("chunk_id") for s in sources]
+        numbers = cited_numbers(answer.answer)
+        cited = [(n, s) for n, s in self._numbered(sources) if n in numbers]
+        answer.citations = [{"n": n, "id": record_id(s), "snippet": s.get("snippet", "")} for n, s in cited]
+        if sources and answered:
+            answer.cites_shown = bool(cited)
         if answer.action == "knowledge" or sources:
             if item.gold_passages:
                 answer.gold_retrieved = bool(item.gold_passages & set(answer.sources))
                 answer.gold_cited = bool(item.gold_passages & set(answer.cited))
-            cited_ids = {s.get("chunk_id") for n, s in enumerate(sources, 1) if record_id(s) in answer.cited}
-            passages = [(str(cid), self._text(cid)) for cid in cited_ids if cid is not None]
-            support = None if answer.not_found else self.scorer.score(answer.answer, passages)
-            answer.faithfulness = None if support is None else support.fraction
+            if answered and not item.unanswerable:  # only what the answer cites inline supports it
+                passages = [Passage(str(n), self._text(s["chunk_id"])) for n, s in cited if s.get("chunk_id")]
+                results = self.checker.check_answer(answer.answer, passages)
+                answer.sentences = len(results)
+                answer.unsupported = sum(not r.supported for r in results)
+                answer.problems = [f"{r.sentence} ({'; '.join(r.problems)})" for r in results if not r.supported][:4]
 
     def _text(self, chunk_id: int) -> str:
-        """The chunk's text as the prompt showed it (the turn record keeps only a short snippet)."""
+        """The cited chunk's whole text (the turn record keeps only a short snippet): a citation names the chunk."""
         if chunk_id not in self._chunk_text:
-            from bot.conversation.prompts import trim_snippet
-
             with self.services.db.pool.connection() as conn:
                 row = conn.execute("SELECT text FROM chunks WHERE id = %s", (chunk_id,)).fetchone()
-            self._chunk_text[chunk_id] = trim_snippet(row[0] if row else "")
+            self._chunk_text[chunk_id] = row[0] if row else ""
         return self._chunk_text[chunk_id]
 
     # --- the run -------------------------------------------------------------------------------
-    def run(self, items: Sequence[QAItem], progress: bool = True) -> list[Answer]:
+    def run(self, items: Sequence[QAItem], progress: bool = True, modes: Sequence[str] | None = None) -> list[Answer]:
+        """Every item in every mode (or in `modes`), routed last: it may reuse the answer of another mode."""
         from tqdm.auto import tqdm
 
-        order = [m for m in MODES if m in self.config.modes]  # routed last: it may reuse the others
+        wanted = self.config.modes if modes is None else modes
+        order = [m for m in MODES if m in self.config.modes and m in wanted]
         answers: list[Answer] = []
-        bar = tqdm(total=len(items) * len(order), desc="qa", unit="answer", disable=not progress)
+        desc = "unanswerable" if items and items[0].unanswerable else "qa"
+        bar = tqdm(total=len(items) * len(order), desc=desc, unit="answer", disable=not progress)
         for item in items:
             done: dict[str, Answer] = {}
             for mode in order:
@@ -259,18 +367,33 @@ class QARunner:
         bar.close()
         return answers
 
+    def run_unanswerable(self, items: Sequence[QAItem], progress: bool = True) -> list[Answer]:
+        """The unanswerable questions in the modes that search the corpus (the others never abstain)."""
+        return self.run(items, progress, modes=RETRIEVING)
 
-def summarise(answers: Sequence[Answer], config: QAConfig) -> dict[str, dict[str, Any]]:
-    """Per-mode means with bootstrap CIs, latency percentiles, tokens and cost per 1,000 questions."""
+
+def _share(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def summarise(
+    answers: Sequence[Answer], config: QAConfig, unanswerable: Sequence[Answer] = ()
+) -> dict[str, dict[str, Any]]:
+    """Per-mode means with bootstrap CIs, latency percentiles, tokens and cost per 1,000 questions, the support
+    and citation figures of knowledge answers, and abstention on `unanswerable` answers (kept out of F1)."""
     out: dict[str, dict[str, Any]] = {}
     for mode in [m for m in MODES if any(a.mode == m for a in answers)]:
-        rows = [a for a in answers if a.mode == mode]
+        rows = [a for a in answers if a.mode == mode and not a.unanswerable]
         f1 = bootstrap_ci([a.f1 for a in rows], seed=config.seed)
         contains = bootstrap_ci([float(a.contains) for a in rows], seed=config.seed)
         latencies = [a.latency_s for a in rows]
-        faith = [a.faithfulness for a in rows if a.faithfulness is not None]
+        checked = [a for a in rows if a.sentences is not None]
+        sentences = sum(a.sentences or 0 for a in checked)
+        unsupported = sum(a.unsupported or 0 for a in checked)
         retrieved = [a.gold_retrieved for a in rows if a.gold_retrieved is not None]
         cited = [a.gold_cited for a in rows if a.gold_cited is not None]
+        outside = [a for a in unanswerable if a.mode == mode]
+        abstention = sum(a.not_found for a in rows) / len(rows)
         compute_s = sum(latencies)
         out[mode] = {
             "n": len(rows),
@@ -278,11 +401,16 @@ def summarise(answers: Sequence[Answer], config: QAConfig) -> dict[str, dict[str
             "f1_ci": [f1[1], f1[2]],
             "contains": contains[0],
             "contains_ci": [contains[1], contains[2]],
-            "gold_retrieved": sum(retrieved) / len(retrieved) if retrieved else None,
-            "gold_cited": sum(cited) / len(cited) if cited else None,
-            "abstention": sum(a.not_found for a in rows) / len(rows),
-            "faithfulness": sum(faith) / len(faith) if faith else None,
-            "faithfulness_n": len(faith),
+            "gold_retrieved": _share(retrieved),
+            "gold_cited": _share(cited),
+            "citation_rate": _share([a.cites_shown for a in rows if a.cites_shown is not None]),
+            "abstention": abstention,
+            "false_abstention": abstention if mode in RETRIEVING else None,
+            "abstention_unanswerable": _share([a.not_found for a in outside]),
+            "unanswerable_n": len(outside),
+            "unsupported_rate": unsupported / sentences if sentences else None,
+            "support_sentences": sentences,
+            "support_answers": len(checked),
             "latency_p50_s": percentile(latencies, 50),
             "latency_p95_s": percentile(latencies, 95),
             "latency_mean_s": compute_s / len(rows),
@@ -329,7 +457,13 @@ def routed_conversation(services: Any, adapter: str | None) -> Any:
         classifier_path=classifier_location(settings.state_dir),
     )
     return Conversation(
-        services.memory, services.generator, router, services.store, min_score=base.min_score,
-        sources_k=base.sources_k, search_mode=base.search_mode, max_new_tokens=base.max_new_tokens,
+        services.memory,
+        services.generator,
+        router,
+        services.store,
+        min_score=base.min_score,
+        sources_k=base.sources_k,
+        search_mode=base.search_mode,
+        max_new_tokens=base.max_new_tokens,
         temperature=base.temperature,
-    )  # fmt: skip
+    )

@@ -83,8 +83,19 @@ def trend_metrics(report: dict[str, Any]) -> dict[str, float]:
     for part in report.get("qa", []):
         name = Path(part["dataset"]).name
         for mode, s in part["summary"].items():
-            for key in ("f1", "contains", "abstention", "faithfulness", "latency_p50_s", "latency_p95_s",
-                        "cost_per_1000", "gold_cited"):  # fmt: skip
+            for key in (
+                "f1",
+                "contains",
+                "abstention",
+                "unsupported_rate",
+                "citation_rate",
+                "abstention_unanswerable",
+                "false_abstention",
+                "latency_p50_s",
+                "latency_p95_s",
+                "cost_per_1000",
+                "gold_cited",
+            ):
                 if s.get(key) is not None:
                     flat[f"qa/{name}/{mode}/{key}"] = round(float(s[key]), 5)
     for part in report.get("retrieval", []):
@@ -114,19 +125,31 @@ details{margin:.5em 0}td.text{text-align:left;max-width:420px}
 {% for part in qa %}
 <h2>Answer quality: {{ part.dataset }} ({{ part.questions }} questions)</h2>
 <table><tr><th>mode</th><th>F1</th><th>F1 95% CI</th><th>contains gold</th><th>gold passage retrieved</th>
-<th>gold passage cited</th><th>abstained</th><th>faithfulness</th><th>p50 s</th><th>p95 s</th><th>tokens</th>
+<th>gold passage cited</th><th>citation rate</th><th>unsupported claims</th><th>abstained</th>
+<th>abstains on unanswerable</th><th>false abstention</th><th>p50 s</th><th>p95 s</th><th>tokens</th>
 <th>$ / 1,000 q</th></tr>
 {% for mode, s in part.summary.items() %}<tr><td>{{ mode }}{% if s.reused %} <span class="note">({{ s.reused }} reused)</span>{% endif %}</td>
 <td>{{ '%.3f'|format(s.f1) }}</td><td>{{ '%.3f'|format(s.f1_ci[0]) }}–{{ '%.3f'|format(s.f1_ci[1]) }}</td>
-<td>{{ pct(s.contains) }}</td><td>{{ pct(s.gold_retrieved) }}</td><td>{{ pct(s.gold_cited) }}</td><td>{{ pct(s.abstention) }}</td>
-<td>{{ pct(s.faithfulness) }}</td><td>{{ '%.2f'|format(s.latency_p50_s) }}</td><td>{{ '%.2f'|format(s.latency_p95_s) }}</td>
+<td>{{ pct(s.contains) }}</td><td>{{ pct(s.gold_retrieved) }}</td><td>{{ pct(s.gold_cited) }}</td><td>{{ pct(s.citation_rate) }}</td>
+<td>{{ pct(s.unsupported_rate) }}{% if s.support_sentences %} <span class="note">of {{ s.support_sentences }}</span>{% endif %}</td>
+<td>{{ pct(s.abstention) }}</td>
+<td>{{ pct(s.abstention_unanswerable) }}{% if s.unanswerable_n %} <span class="note">of {{ s.unanswerable_n }}</span>{% endif %}</td>
+<td>{{ pct(s.false_abstention) }}</td><td>{{ '%.2f'|format(s.latency_p50_s) }}</td><td>{{ '%.2f'|format(s.latency_p95_s) }}</td>
 <td>{{ '%.1f'|format(s.tokens_mean) }}</td><td>{{ '%.3f'|format(s.cost_per_1000) }}</td></tr>{% endfor %}
 </table>
 {{ part.chart|safe }}
 <p class="note">{% for line in part.notes %}{{ line }}<br>{% endfor %}</p>
-<details><summary>Sample answers</summary><table><tr><th>id</th><th>mode</th><th>answer</th><th>gold</th><th>F1</th></tr>
-{% for a in part.samples %}<tr><td>{{ a.id }}</td><td>{{ a.mode }}</td><td class="text">{{ a.answer }}</td>
-<td class="text">{{ a.gold }}</td><td>{{ '%.2f'|format(a.f1) }}</td></tr>{% endfor %}</table></details>
+<h3>Sample answers</h3>
+<p class="note">A seeded sample of questions (seed {{ seed }}), the same in every mode, each answer beside its gold answer and the snippets of the sources it cites.</p>
+{% for mode in part.modes %}{% set rows = part.samples|selectattr("mode", "equalto", mode)|list %}{% if rows %}
+<details{% if loop.first %} open{% endif %}><summary>{{ mode }} ({{ rows|length }} answers)</summary>
+<table><tr><th>question</th><th>answer</th><th>gold</th><th>cited sources</th><th>F1</th></tr>
+{% for a in rows %}<tr><td class="text">{{ a.question }}{% if a.unanswerable %} <span class="note">(unanswerable)</span>{% endif %}</td>
+<td class="text">{% if a.not_found %}<em>not in the documents</em> {% endif %}{{ a.answer }}{% if a.problems %}<br><span class="note">unsupported: {{ a.problems|join(" · ") }}</span>{% endif %}</td>
+<td class="text">{{ a.gold }}{% if a.label %} <span class="note">(decision: {{ a.label }})</span>{% endif %}</td>
+<td class="text">{% for c in a.citations %}<b>[{{ c.n }}]</b> {{ c.id }}: {{ c.snippet }}<br>{% else %}<span class="note">none cited</span>{% endfor %}</td>
+<td>{% if a.unanswerable %}–{% else %}{{ '%.2f'|format(a.f1) }}{% endif %}</td></tr>{% endfor %}</table></details>
+{% endif %}{% endfor %}
 {% endfor %}
 {% for part in retrieval %}
 <h2>Retrieval: {{ part.dataset }} ({{ part.queries }} queries)</h2>

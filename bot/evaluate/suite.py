@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import platform
+import random
 import re
 import time
 from datetime import UTC, datetime
@@ -15,11 +16,15 @@ from typing import Any
 
 from bot.evaluate.qa import (
     MODES,
+    RETRIEVING,
+    Answer,
     QAConfig,
+    QAItem,
     QARunner,
     answers_json,
     load_qa,
     read_answers,
+    read_unanswerable,
     routed_conversation,
     summarise,
 )
@@ -28,6 +33,8 @@ from bot.evaluate.verdict import decide
 
 log = logging.getLogger(__name__)
 
+SAMPLES_PER_MODE = 8  # answers shown beside their gold in the HTML, a seeded sample (not picked by hand)
+UNANSWERABLE_SAMPLES = 3
 AUTO_TRAIN_ROWS = 320  # held-out pairs `--adapter auto` trains on (40 steps of 8 = one pass), the file's last ones
 MIN_AUTO_ROWS = 4
 
@@ -64,11 +71,15 @@ def run_qa_part(
     collection: str | None = None,
     train_steps: int = 40,
     progress: bool = True,
+    unanswerable: Path | None = None,
+    unanswerable_limit: int | None = None,
 ) -> dict[str, Any]:
-    """Ingest, find or train the adapter, answer every question in every mode, score, and explain."""
+    """Ingest, find or train the adapter, answer every question in every mode, score, and explain. Questions from
+    `unanswerable` (another data set's) are asked in the modes that retrieve and scored on abstention only."""
     started = time.perf_counter()
     directory = Path(directory)
     items = load_qa(directory, limit)
+    outside = read_unanswerable(unanswerable, unanswerable_limit, config.seed) if unanswerable else []
     notes: list[str] = []
     setup: dict[str, Any] = {}
     modes = [m for m in MODES if m in config.modes]
@@ -81,7 +92,7 @@ def run_qa_part(
         adapter = None  # nothing would use it: do not train
     if adapter == "auto":
         evaluated = {item.id for item in items}
-        held_out = [(q, a) for qid, q, a in read_answers(directory) if qid not in evaluated]
+        held_out = [(row.question, row.answer) for row in read_answers(directory) if row.id not in evaluated]
         held_out = held_out[-AUTO_TRAIN_ROWS:]  # from the end: the same adapter serves every --limit up to N-320
         if len(held_out) < MIN_AUTO_ROWS:
             adapter = None
@@ -93,14 +104,23 @@ def run_qa_part(
         from bot.evaluate.adapter import ensure_adapter
 
         auto = ensure_adapter(
-            services.settings, services.db.pool, directory.resolve().name, held_out, steps=train_steps,
-            seed=config.seed, progress=progress,
-        )  # fmt: skip
+            services.settings,
+            services.db.pool,
+            directory.resolve().name,
+            held_out,
+            steps=train_steps,
+            seed=config.seed,
+            progress=progress,
+        )
         adapter = auto.name
         if adapter not in services.conversation.adapters():
             services.generator.load_adapter(adapter, auto.record.path)
-        setup["adapter_training"] = {"name": adapter, "trained_now": auto.trained, "rows": auto.rows,
-                                     "seconds": round(auto.seconds, 1)}  # fmt: skip
+        setup["adapter_training"] = {
+            "name": adapter,
+            "trained_now": auto.trained,
+            "rows": auto.rows,
+            "seconds": round(auto.seconds, 1),
+        }
         notes.append(
             f"lora: adapter {adapter}, trained by `--adapter auto` on {auto.rows} question/answer pairs of this folder "
             f"that are not among the evaluated questions ({train_steps} steps"
@@ -114,31 +134,44 @@ def run_qa_part(
     if adapter is None and "lora" in modes:
         modes.remove("lora")
     run_config = QAConfig(
-        modes=modes, adapter=adapter, max_new_tokens=config.max_new_tokens, seed=config.seed,
-        price_per_hour=config.price_per_hour, faithfulness_threshold=config.faithfulness_threshold,
-    )  # fmt: skip
+        modes=modes,
+        adapter=adapter,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+        price_per_hour=config.price_per_hour,
+        support_threshold=config.support_threshold,
+    )
     runner = QARunner(services, collection or "", run_config, routed_conversation(services, adapter))
     answers = runner.run(items, progress=progress)
-    summary = summarise(answers, run_config)
+    outside_modes = [m for m in modes if m in RETRIEVING]
+    outside_answers = runner.run_unanswerable(outside, progress=progress) if outside and outside_modes else []
+    summary = summarise(answers, run_config, outside_answers)
     verdict = decide(summary, answers, seed=config.seed)
-    gold = {item.id: item.answer for item in items}
     notes += [
         f"Answers are greedy and capped at {config.max_new_tokens} new tokens; every question runs in a fresh session.",
         "base = skill route without adapter; rag = knowledge route on collection "
         f"{collection}; lora = skill route with the adapter; routed = the router decides, with its skill route "
         "bound to the adapter. When routed picks exactly the prompt of a mode already run, that answer is reused "
         "(greedy decoding repeats it) and its latency is routing time + that mode's generation time.",
-        f"Faithfulness: {runner.scorer.describe()}; the fraction of answer sentences supported by the passages the "
-        "answer cites ([n], or all shown sources when it cites none); only for answers with sources.",
-        "Gold passage retrieved/cited: a qrels passage of the question is among the sources shown / cited.",
+        f"Unsupported claims: answer sentences that fail the support check ({runner.checker.describe()}) against "
+        "the passages the answer cites inline, over all sentences of non-abstained knowledge answers; an answer that "
+        'cites nothing has no support, and "Yes."/"No." alone is no checkable claim.',
+        "Citation rate: share of non-abstained answers shown with sources that cite at least one of them inline as "
+        "[n]. Gold passage retrieved/cited: a qrels passage of the question is among the sources shown / cited "
+        "inline (listing a source is not citing it).",
         f"Cost per 1,000 questions = mean measured wall time per question × ${config.price_per_hour:g}/hour "
         "(assumed price of the machine; set --price-per-hour).",
     ]
-    samples = [
-        {"id": a.id, "mode": a.mode, "answer": a.answer, "gold": gold[a.id], "f1": a.f1}
-        for a in answers
-        if a.id in [i.id for i in items[:5]]
-    ]
+    if outside:
+        notes.append(
+            f"Unanswerable: {len(outside)} questions from {unanswerable} (not in this corpus), asked in "
+            f"{', '.join(outside_modes) or 'no mode that retrieves'}; abstaining on them is right. False abstention = "
+            "share of this folder's (answerable) questions answered 'not in the documents'. Neither counts in F1."
+        )
+    if any(item.label for item in items):
+        notes.append(
+            "Gold: PubMedQA layout, so F1 and containment compare with long_answer; final_decision is kept as label."
+        )
     return {
         "kind": "qa",
         "dataset": str(directory),
@@ -148,16 +181,58 @@ def run_qa_part(
         "collection": collection,
         "max_new_tokens": config.max_new_tokens,
         "price_per_hour": config.price_per_hour,
-        "faithfulness_method": runner.scorer.describe(),
+        "support_method": runner.checker.describe(),
+        "support_threshold": run_config.support_threshold,
+        "unanswerable": {"file": str(unanswerable), "questions": len(outside), "modes": outside_modes}
+        if outside
+        else None,
         "setup": setup,
         "summary": summary,
         "verdict": verdict,
         "notes": notes,
-        "samples": samples,
+        "samples": samples(items, answers, outside, outside_answers, config.seed),
         "chart": qa_chart(summary),
         "answers": answers_json(answers),
+        "unanswerable_answers": answers_json(outside_answers),
         "wall_s": round(time.perf_counter() - started, 1),
     }
+
+
+def samples(
+    items: list[QAItem], answers: list[Answer], outside: list[QAItem], outside_answers: list[Answer], seed: int
+) -> list[dict[str, Any]]:
+    """A seeded sample of questions (the same ones in every mode), each answer beside its gold and cited snippets;
+    then a few unanswerable questions in the modes that retrieve."""
+    rng = random.Random(seed)
+    chosen = set(rng.sample(range(len(items)), min(SAMPLES_PER_MODE, len(items))))
+    picked = [item for i, item in enumerate(items) if i in chosen]
+    chosen = set(rng.sample(range(len(outside)), min(UNANSWERABLE_SAMPLES, len(outside))))
+    picked += [item for i, item in enumerate(outside) if i in chosen]
+    by_key = {(a.id, a.mode): a for a in [*answers, *outside_answers]}
+    out = []
+    for mode in MODES:
+        for item in picked:
+            a = by_key.get((item.id, mode))
+            if a is None:
+                continue
+            out.append(
+                {
+                    "id": item.id,
+                    "mode": mode,
+                    "question": item.question,
+                    "answer": a.answer,
+                    "gold": item.answer or "(not in this corpus: abstaining is right)",
+                    "label": item.label,
+                    "f1": a.f1,
+                    "not_found": a.not_found,
+                    "unanswerable": item.unanswerable,
+                    "citations": a.citations,
+                    "sentences": a.sentences,
+                    "unsupported": a.unsupported,
+                    "problems": a.problems,
+                }
+            )
+    return out
 
 
 def run_retrieval_part(services: Any, directory: Path, split: str = "test") -> dict[str, Any]:
