@@ -15,6 +15,18 @@ if [ -z "$python_bin" ]; then
 fi
 "$python_bin" -c 'import sys; assert sys.version_info[:2] == (3, 11), "ragtune needs Python 3.11"' 
 
+# The llama.cpp backend's wheel (xllamacpp) links the GNU OpenMP runtime. Installed when missing on Debian/Ubuntu
+# as root; otherwise a hint, since only RAGTUNE_GENERATOR_BACKEND=llamacpp needs it (it falls back without).
+# grep without -q: under pipefail, ldconfig killed by SIGPIPE would read as "absent".
+if ! ldconfig -p 2>/dev/null | grep 'libgomp\.so\.1' >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        { apt-get install -y libgomp1 || { apt-get update && apt-get install -y libgomp1; }; } >/dev/null 2>&1 \
+            || echo "warning: could not install libgomp1 (the llama.cpp backend falls back to transformers)" >&2
+    else
+        echo "note: libgomp.so.1 not found; install it (Debian: apt-get install libgomp1) for the llama.cpp backend" >&2
+    fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
     "$python_bin" -m venv .venv
 fi

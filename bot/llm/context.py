@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
-from bot.llm.types import ContextOverflow, Message
+from bot.llm.types import ContextOverflow, Message, UnknownAdapter
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -18,6 +19,37 @@ def check_messages(messages: list[Message]) -> None:
             raise ValueError(f"messages[{index}]: expected {{'role': ..., 'content': str}}")
         if message.get("role") not in ROLES:
             raise ValueError(f"messages[{index}]: unknown role {message.get('role')!r} (use one of {', '.join(ROLES)})")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One request's decoding settings, checked: what both local backends decode with."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+
+def resolve_sampling(
+    defaults: Sampling, context_length: int, max_new_tokens: int | None, temperature: float | None, top_p: float | None
+) -> Sampling:
+    """The request's values over the generator's defaults; ValueError with the reason for a bad one."""
+    max_new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
+    temp = defaults.temperature if temperature is None else temperature
+    nucleus = defaults.top_p if top_p is None else top_p
+    if max_new < 1:
+        raise ValueError(f"max_new_tokens={max_new}: must be at least 1")
+    if temp < 0:
+        raise ValueError(f"temperature={temp}: must be >= 0 (0 is greedy)")
+    if not 0 < nucleus <= 1:
+        raise ValueError(f"top_p={nucleus}: must be in (0, 1]")
+    return Sampling(min(max_new, context_length - 1), temp, nucleus)
+
+
+def check_adapter(adapter: str | None, known: Collection[str]) -> None:
+    if adapter is not None and adapter not in known:
+        names = ", ".join(sorted(known)) or "none loaded"
+        raise UnknownAdapter(f"adapter {adapter!r} is not loaded (available: {names})")
 
 
 def fit_messages(

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.llm.adapters import check_adapter_name, check_fits_base, find_adapter_dirs, read_adapter_config
-from bot.llm.context import check_messages, fit_messages
+from bot.llm.context import Sampling, check_adapter, check_messages, fit_messages, resolve_sampling
 from bot.llm.loading import LoadedModel, load_base_model
 from bot.llm.streaming import IncrementalDecoder, StopFilter, iterate_in_thread
-from bot.llm.types import GenerationResult, Message, StreamStats, TokenStream, UnknownAdapter
+from bot.llm.types import GenerationResult, Message, StreamStats, TokenStream
 
 log = logging.getLogger(__name__)
 
@@ -250,22 +250,14 @@ class LocalGenerator:
         returned stream holds token counts, time to first token and the finish reason.
         """
         check_messages(messages)
-        if adapter is not None and adapter not in self._adapter_paths:
-            known = ", ".join(self.adapters()) or "none loaded"
-            raise UnknownAdapter(f"adapter {adapter!r} is not loaded (available: {known})")
-        max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        temp = self.temperature if temperature is None else temperature
-        nucleus = self.top_p if top_p is None else top_p
-        if max_new < 1:
-            raise ValueError(f"max_new_tokens={max_new}: must be at least 1")
-        if temp < 0:
-            raise ValueError(f"temperature={temp}: must be >= 0 (0 is greedy)")
-        if not 0 < nucleus <= 1:
-            raise ValueError(f"top_p={nucleus}: must be in (0, 1]")
-        max_new = min(max_new, self.context_length - 1)
-        prompt_ids = self.render(self.fit_messages(messages, max_new))
+        check_adapter(adapter, self._adapter_paths)
+        defaults = Sampling(self.max_new_tokens, self.temperature, self.top_p)
+        sampling = resolve_sampling(defaults, self.context_length, max_new_tokens, temperature, top_p)
+        prompt_ids = self.render(self.fit_messages(messages, sampling.max_new_tokens))
         stats = StreamStats(prompt_tokens=len(prompt_ids), adapter=adapter)
-        pieces = self._decode(prompt_ids, adapter, max_new, temp, nucleus, list(stop or []), stats)
+        pieces = self._decode(
+            prompt_ids, adapter, sampling.max_new_tokens, sampling.temperature, sampling.top_p, list(stop or []), stats
+        )
         return TokenStream(pieces, stats)
 
     def astream(self, messages: list[Message], **options: Any) -> AsyncIterator[str]:
