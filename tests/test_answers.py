@@ -304,3 +304,24 @@ def test_a_generated_answer_is_verified_before_it_is_shown(db, store, embedder):
     assert "Lisbon" not in done.answer and REMOVED_MARK in done.answer
     assert re.search(r"original packaging\.? \[\d\]", done.answer), done.answer
     assert done.timings["claims_replaced"] == 1 and done.timings["claims_removed"] == 1
+
+
+def test_a_fragment_left_by_the_token_limit_is_not_shown(db, store, embedder):
+    from bot.answer.support import SupportChecker
+
+    answerer = KnowledgeAnswerer(EvidenceFinder(embedder), mode="generative", checker=SupportChecker(embedder))
+    cut_short = ScriptedGenerator("Refunds are accepted within 45 days of delivery [1]. [")
+    chat = Conversation(
+        MemoryStore(db.pool),
+        cut_short,
+        None,
+        store,
+        default_collection=store.test_collection,
+        top_k=5,
+        answerer=answerer,
+    )
+    sid = chat.memory.create_session("answers")
+    done = chat.ask(
+        sid, "answers", "How long do I have to return a product for a refund?", TurnOptions(route="knowledge")
+    )
+    assert done.answer.endswith("[1].") and "45 days" in done.answer, done.answer

@@ -74,27 +74,30 @@ class KnowledgeAnswerer:
 
     def verified(self, turn: Turn, pieces: Iterator[str]) -> Iterator[str]:
         """Generated text, released sentence by sentence once each is checked against `turn.sources`."""
-        buffer, first = "", True
+        buffer, shown = "", 0
         for piece in pieces:
             buffer += piece
             sentences = split_sentences(buffer)
             if len(sentences) < 2:
                 continue
-            for sentence in sentences[:-1]:
+            for sentence in sentences[:-1]:  # the last one may still grow
                 checked = self._checked(turn, sentence.text)
                 if checked:
-                    yield checked if first else " " + checked
-                    first = False
+                    yield checked if not shown else " " + checked
+                    shown += 1
             buffer = buffer[sentences[-1].start :]
-        if buffer.strip():
-            checked = self._checked(turn, buffer.strip())
+        for sentence in split_sentences(buffer):  # what is left when the stream ends (fragments are dropped)
+            checked = self._checked(turn, sentence.text)
             if checked:
-                yield checked if first else " " + checked
+                yield checked if not shown else " " + checked
+                shown += 1
 
     def _checked(self, turn: Turn, sentence: str) -> str:
         """The sentence with its citation, its replacement quote, or the removal mark (counted in the timings)."""
-        from bot.answer.support import Passage, cited_numbers
+        from bot.answer.support import Passage, cited_numbers, strip_citations
 
+        if not any(c.isalnum() for c in strip_citations(sentence)):
+            return ""  # a stray citation or bracket cut off by the token limit says nothing
         if self.checker is None:
             return sentence
         passages = [Passage(str(s["n"]), s["text"]) for s in turn.sources]
