@@ -86,51 +86,7 @@ def run_qa_part(
     if ("rag" in modes or "routed" in modes) and collection is None:
         collection = collection_for(directory)
         setup["ingest"] = ingest_corpus(services.store, directory, collection)
-    adapter = None if config.adapter in (None, "", "none") else config.adapter
-    held_out: list[tuple[str, str]] = []
-    if adapter == "auto" and not ({"lora", "routed"} & set(modes)):
-        adapter = None  # nothing would use it: do not train
-    if adapter == "auto":
-        evaluated = {item.id for item in items}
-        held_out = [(row.question, row.answer) for row in read_answers(directory) if row.id not in evaluated]
-        held_out = held_out[-AUTO_TRAIN_ROWS:]  # from the end: the same adapter serves every --limit up to N-320
-        if len(held_out) < MIN_AUTO_ROWS:
-            adapter = None
-            notes.append(
-                f"lora: skipped: --adapter auto needs at least {MIN_AUTO_ROWS} question/answer pairs that are not "
-                f"evaluated, and this folder has {len(held_out)} (lower --limit, or pass --adapter NAME)."
-            )
-    if adapter == "auto":
-        from bot.evaluate.adapter import ensure_adapter
-
-        auto = ensure_adapter(
-            services.settings,
-            services.db.pool,
-            directory.resolve().name,
-            held_out,
-            steps=train_steps,
-            seed=config.seed,
-            progress=progress,
-        )
-        adapter = auto.name
-        if adapter not in services.conversation.adapters():
-            services.generator.load_adapter(adapter, auto.record.path)
-        setup["adapter_training"] = {
-            "name": adapter,
-            "trained_now": auto.trained,
-            "rows": auto.rows,
-            "seconds": round(auto.seconds, 1),
-        }
-        notes.append(
-            f"lora: adapter {adapter}, trained by `--adapter auto` on {auto.rows} question/answer pairs of this folder "
-            f"that are not among the evaluated questions ({train_steps} steps"
-            + (f", {auto.seconds:.0f}s, not counted in per-question cost)." if auto.trained else ", cached).")
-        )
-    elif adapter is None and "lora" in modes:
-        if not notes:
-            notes.append("lora: skipped, no adapter (pass --adapter NAME, or --adapter auto to train one).")
-    elif adapter is not None:
-        notes.append(f"lora: adapter {adapter}.")
+    adapter = _adapter_for(services, directory, items, config, modes, train_steps, progress, notes, setup)
     if adapter is None and "lora" in modes:
         modes.remove("lora")
     run_config = QAConfig(
@@ -146,8 +102,117 @@ def run_qa_part(
     outside_modes = [m for m in modes if m in RETRIEVING]
     outside_answers = runner.run_unanswerable(outside, progress=progress) if outside and outside_modes else []
     summary = summarise(answers, run_config, outside_answers)
-    verdict = decide(summary, answers, seed=config.seed)
-    notes += [
+    notes += _method_notes(config, collection, runner, items, outside, unanswerable, outside_modes)
+    return {
+        "kind": "qa",
+        "dataset": str(directory),
+        "questions": len(items),
+        "modes": modes,
+        "adapter": adapter,
+        "collection": collection,
+        "max_new_tokens": config.max_new_tokens,
+        "price_per_hour": config.price_per_hour,
+        "support_method": runner.checker.describe(),
+        "support_threshold": run_config.support_threshold,
+        "unanswerable": {"file": str(unanswerable), "questions": len(outside), "modes": outside_modes}
+        if outside
+        else None,
+        "setup": setup,
+        "summary": summary,
+        "verdict": decide(summary, answers, seed=config.seed),
+        "notes": notes,
+        "samples": samples(items, answers, outside, outside_answers, config.seed),
+        "chart": qa_chart(summary),
+        "answers": answers_json(answers),
+        "unanswerable_answers": answers_json(outside_answers),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def _adapter_for(
+    services: Any,
+    directory: Path,
+    items: list[QAItem],
+    config: QAConfig,
+    modes: list[str],
+    train_steps: int,
+    progress: bool,
+    notes: list[str],
+    setup: dict[str, Any],
+) -> str | None:
+    """The adapter the lora and routed modes use: the named one, or (`auto`) one trained on the folder's pairs
+    that are not evaluated; None when there is none. What was done is added to `notes` and `setup`."""
+    adapter = None if config.adapter in (None, "", "none") else config.adapter
+    held_out: list[tuple[str, str]] = []
+    if adapter == "auto" and not ({"lora", "routed"} & set(modes)):
+        adapter = None  # nothing would use it: do not train
+    if adapter == "auto":
+        evaluated = {item.id for item in items}
+        held_out = [(row.question, row.answer) for row in read_answers(directory) if row.id not in evaluated]
+        held_out = held_out[-AUTO_TRAIN_ROWS:]  # from the end: the same adapter serves every --limit up to N-320
+        if len(held_out) < MIN_AUTO_ROWS:
+            adapter = None
+            notes.append(
+                f"lora: skipped: --adapter auto needs at least {MIN_AUTO_ROWS} question/answer pairs that are not "
+                f"evaluated, and this folder has {len(held_out)} (lower --limit, or pass --adapter NAME)."
+            )
+    if adapter == "auto":
+        return _trained_adapter(services, directory, held_out, config, train_steps, progress, notes, setup)
+    if adapter is None and "lora" in modes and not notes:
+        notes.append("lora: skipped, no adapter (pass --adapter NAME, or --adapter auto to train one).")
+    elif adapter is not None:
+        notes.append(f"lora: adapter {adapter}.")
+    return adapter
+
+
+def _trained_adapter(
+    services: Any,
+    directory: Path,
+    held_out: list[tuple[str, str]],
+    config: QAConfig,
+    train_steps: int,
+    progress: bool,
+    notes: list[str],
+    setup: dict[str, Any],
+) -> str:
+    from bot.evaluate.adapter import ensure_adapter
+
+    auto = ensure_adapter(
+        services.settings,
+        services.db.pool,
+        directory.resolve().name,
+        held_out,
+        steps=train_steps,
+        seed=config.seed,
+        progress=progress,
+    )
+    if auto.name not in services.conversation.adapters():
+        services.generator.load_adapter(auto.name, auto.record.path)
+    setup["adapter_training"] = {
+        "name": auto.name,
+        "trained_now": auto.trained,
+        "rows": auto.rows,
+        "seconds": round(auto.seconds, 1),
+    }
+    notes.append(
+        f"lora: adapter {auto.name}, trained by `--adapter auto` on {auto.rows} question/answer pairs of this folder "
+        f"that are not among the evaluated questions ({train_steps} steps"
+        + (f", {auto.seconds:.0f}s, not counted in per-question cost)." if auto.trained else ", cached).")
+    )
+    return auto.name
+
+
+def _method_notes(
+    config: QAConfig,
+    collection: str | None,
+    runner: QARunner,
+    items: list[QAItem],
+    outside: list[QAItem],
+    unanswerable: Path | None,
+    outside_modes: list[str],
+) -> list[str]:
+    """How each figure of the report was measured, for the report's notes."""
+    notes = [
         f"Answers are greedy and capped at {config.max_new_tokens} new tokens; every question runs in a fresh session.",
         "base = skill route without adapter; rag = knowledge route on collection "
         f"{collection}; lora = skill route with the adapter; routed = the router decides, with its skill route "
@@ -172,30 +237,7 @@ def run_qa_part(
         notes.append(
             "Gold: PubMedQA layout, so F1 and containment compare with long_answer; final_decision is kept as label."
         )
-    return {
-        "kind": "qa",
-        "dataset": str(directory),
-        "questions": len(items),
-        "modes": modes,
-        "adapter": adapter,
-        "collection": collection,
-        "max_new_tokens": config.max_new_tokens,
-        "price_per_hour": config.price_per_hour,
-        "support_method": runner.checker.describe(),
-        "support_threshold": run_config.support_threshold,
-        "unanswerable": {"file": str(unanswerable), "questions": len(outside), "modes": outside_modes}
-        if outside
-        else None,
-        "setup": setup,
-        "summary": summary,
-        "verdict": verdict,
-        "notes": notes,
-        "samples": samples(items, answers, outside, outside_answers, config.seed),
-        "chart": qa_chart(summary),
-        "answers": answers_json(answers),
-        "unanswerable_answers": answers_json(outside_answers),
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
+    return notes
 
 
 def samples(

@@ -13,6 +13,7 @@ import logging
 import re
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,74 +119,77 @@ def history_from_memory(messages: list[StoredMessage]) -> list[dict[str, Any]]:
     return chat
 
 
-def build_ui(services: Services) -> gr.Blocks:
-    settings = services.settings
-    memory = services.memory
-    conversation = services.conversation
+class ChatHandlers:
+    """What the chat page does on each event; every method reads the caller from Gradio's request."""
 
-    def owner_of(request: gr.Request | None) -> str:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.memory = services.memory
+        self.conversation = services.conversation
+
+    def owner_of(self, request: gr.Request | None) -> str:
         if request is None:
             return "local"
         headers = dict(request.headers) if request.headers else {}
-        return ui_owner(getattr(request, "username", None), headers, settings)
+        return ui_owner(getattr(request, "username", None), headers, self.settings)
 
-    def session_choices(owner: str) -> list[tuple[str, str]]:
-        return [(f"{s.title or 'new conversation'} ({s.turns})", s.id) for s in memory.list_sessions(owner)]
+    def session_choices(self, owner: str) -> list[tuple[str, str]]:
+        return [(f"{s.title or 'new conversation'} ({s.turns})", s.id) for s in self.memory.list_sessions(owner)]
 
-    def all_collections() -> list[str]:
+    def all_collections(self) -> list[str]:
         try:
-            return [getattr(c, "name", str(c)) for c in services.store.list_collections()]
+            return [getattr(c, "name", str(c)) for c in self.services.store.list_collections()]
         except Exception:  # the store is optional in a degraded start
             return []
 
-    def collection_choices(owner: str) -> list[str]:
-        return [ALL_COLLECTIONS, *(n for n in all_collections() if may_use_collection(owner, n, settings))]
+    def collection_choices(self, owner: str) -> list[str]:
+        allowed = (n for n in self.all_collections() if may_use_collection(owner, n, self.settings))
+        return [ALL_COLLECTIONS, *allowed]
 
-    def on_load(request: gr.Request):
-        owner = owner_of(request)
+    def on_load(self, request: gr.Request):
+        owner = self.owner_of(request)
         return (
-            gr.update(choices=session_choices(owner), value=None),
-            gr.update(choices=[AUTO, *conversation.adapters()], value=AUTO),
-            gr.update(choices=collection_choices(owner), value=ALL_COLLECTIONS),
+            gr.update(choices=self.session_choices(owner), value=None),
+            gr.update(choices=[AUTO, *self.conversation.adapters()], value=AUTO),
+            gr.update(choices=self.collection_choices(owner), value=ALL_COLLECTIONS),
         )
 
-    def new_session(request: gr.Request):
-        return None, [], gr.update(choices=session_choices(owner_of(request)), value=None)
+    def new_session(self, request: gr.Request):
+        return None, [], gr.update(choices=self.session_choices(self.owner_of(request)), value=None)
 
-    def resume(session_id: str | None, request: gr.Request):
+    def resume(self, session_id: str | None, request: gr.Request):
         if not session_id:
             return None, []
         try:
-            return session_id, history_from_memory(memory.messages(session_id, owner_of(request)))
+            return session_id, history_from_memory(self.memory.messages(session_id, self.owner_of(request)))
         except SessionNotFound:
             gr.Warning("That conversation no longer exists.")
             return None, []
 
-    def delete(session_id: str | None, request: gr.Request):
-        owner = owner_of(request)
+    def delete(self, session_id: str | None, request: gr.Request):
+        owner = self.owner_of(request)
         if session_id:
             with contextlib.suppress(SessionNotFound):
-                memory.delete_session(session_id, owner)
-        return None, [], gr.update(choices=session_choices(owner), value=None)
+                self.memory.delete_session(session_id, owner)
+        return None, [], gr.update(choices=self.session_choices(owner), value=None)
 
     def respond(
-        message: str, session_id: str | None, adapter: str, collection: str, chat: list, request: gr.Request
+        self, message: str, session_id: str | None, adapter: str, collection: str, chat: list, request: gr.Request
     ) -> Iterator[tuple]:
-        owner = owner_of(request)
+        owner = self.owner_of(request)
         try:
-            message = clean_message(message, settings.max_message_chars)
+            message = clean_message(message, self.settings.max_message_chars)
         except MessageError as exc:
             if exc.code != "empty_message":
                 gr.Warning(f"{exc}.")
             yield chat, "" if exc.code == "empty_message" else message, session_id, gr.update()
             return
-        if not session_id:
-            session_id = memory.create_session(owner)
+        session_id = session_id or self.memory.create_session(owner)
         wanted = None if collection in (None, ALL_COLLECTIONS) else collection
         try:
-            scope = readable_collections(
-                owner, wanted, all_collections() if settings.restricted_collections else [], settings
-            )
+            listed = self.all_collections() if self.settings.restricted_collections else []
+            scope = readable_collections(owner, wanted, listed, self.settings)
         except LookupError:
             gr.Warning(f"Collection {wanted!r} not found.")
             yield chat, message, session_id, gr.update()
@@ -193,9 +197,13 @@ def build_ui(services: Services) -> gr.Blocks:
         options = TurnOptions(adapter=None if adapter in (None, AUTO) else adapter, collection=scope)
         chat = [*chat, {"role": "user", "content": message}]
         yield chat, "", session_id, gr.update()
+        yield from self._answer(chat, message, session_id, owner, options)
+
+    def _answer(self, chat: list, message: str, session_id: str, owner: str, options: TurnOptions) -> Iterator[tuple]:
+        """The turn's events as chat updates: the badge and sources first, then the text as it streams."""
         answer, meta = "", None
         try:
-            for event in conversation.stream(session_id, owner, message, options):
+            for event in self.conversation.stream(session_id, owner, message, options):
                 if isinstance(event, TurnStart):
                     meta = event.__dict__
                 elif isinstance(event, Token):
@@ -203,26 +211,27 @@ def build_ui(services: Services) -> gr.Blocks:
                     yield [*chat, *answer_messages(answer, meta)], "", session_id, gr.update()
                 elif isinstance(event, TurnDone):
                     final = [*chat, *answer_messages(event.answer, event.__dict__)]
-                    yield final, "", session_id, gr.update(choices=session_choices(owner), value=session_id)
+                    sessions = gr.update(choices=self.session_choices(owner), value=session_id)
+                    yield final, "", session_id, sessions
         except ValueError as exc:
             gr.Warning(str(exc))
             yield chat[:-1], message, session_id, gr.update()
         except Exception as exc:
-            log.error("turn failed: %s", redact("".join(traceback.format_exception(exc)), settings))
+            log.error("turn failed: %s", redact("".join(traceback.format_exception(exc)), self.settings))
             raise gr.Error(f"The answer failed ({type(exc).__name__}); see the server log.") from None
 
-    def upload(files: list | None, collection: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+    def upload(self, files: list | None, collection: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
         if not files:
             return "Choose one or more files first."
         try:
-            name = upload_collection(services, owner_of(request), collection)
+            name = upload_collection(self.services, self.owner_of(request), collection)
         except UploadRefused as exc:
             return f"Collection **{plain((collection or '').strip())}**: {plain(str(exc))}"
         lines = []
         for i, file in enumerate(progress.tqdm(files, desc="ingesting")):
             path = Path(file if isinstance(file, str) else file.name)
             try:  # Gradio's temp folder differs per upload: the file's own name is its source
-                report = ingest_uploads(services, name, {path: path.name})
+                report = ingest_uploads(self.services, name, {path: path.name})
             except ValueError as exc:
                 lines.append(f"- {path.name}: error: {exc}")
                 continue
@@ -234,52 +243,98 @@ def build_ui(services: Services) -> gr.Blocks:
             log.info("upload %d/%d into %s", i + 1, len(files), name)
         return f"Collection **{name}**:\n" + "\n".join(lines)
 
-    def refresh_collections(request: gr.Request):
-        return gr.update(choices=collection_choices(owner_of(request)))
+    def refresh_collections(self, request: gr.Request):
+        return gr.update(choices=self.collection_choices(self.owner_of(request)))
 
+
+@dataclass
+class Page:
+    """The chat page's components, as `_layout` places them."""
+
+    session_state: Any
+    sessions: Any
+    new_button: Any
+    delete_button: Any
+    adapter: Any
+    collection: Any
+    files: Any
+    target: Any
+    upload_button: Any
+    upload_status: Any
+    chatbot: Any
+    box: Any
+    send: Any
+
+
+def _layout(settings: Any) -> Page:
+    """The sidebar (conversations, adapter, collection, uploads) and the chat column; call inside a Blocks."""
+    session_state = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=240):
+            gr.Markdown("### ragtune")
+            sessions = gr.Radio(label="Conversations", choices=[], elem_id="rt-sessions")
+            with gr.Row():
+                new_button = gr.Button("New", size="sm", elem_id="rt-new")
+                delete_button = gr.Button("Delete", size="sm", variant="stop", elem_id="rt-delete")
+            adapter = gr.Dropdown(label="Adapter", choices=[AUTO], value=AUTO, elem_id="rt-adapter")
+            collection = gr.Dropdown(
+                label="Collection", choices=[ALL_COLLECTIONS], value=ALL_COLLECTIONS, elem_id="rt-collection"
+            )
+            with gr.Accordion("Add documents", open=False):
+                files = gr.File(file_count="multiple", label="Files (pdf, docx, md, txt, html, csv, jsonl)")
+                target = gr.Textbox(label="Into collection", value=settings.default_collection)
+                upload_button = gr.Button("Upload", size="sm")
+                upload_status = gr.Markdown()
+        with gr.Column(scale=4):
+            chatbot = gr.Chatbot(
+                label="Chat",
+                height=560,
+                elem_id="rt-chat",
+                feedback_options=None,
+                placeholder="Ask about your documents, or ask for a rewrite.",
+            )
+            with gr.Row():
+                box = gr.Textbox(
+                    placeholder="Message",
+                    show_label=False,
+                    scale=8,
+                    elem_id="rt-input",
+                    max_length=settings.max_message_chars,
+                )
+                send = gr.Button("Send", variant="primary", scale=1, elem_id="rt-send")
+    return Page(
+        session_state,
+        sessions,
+        new_button,
+        delete_button,
+        adapter,
+        collection,
+        files,
+        target,
+        upload_button,
+        upload_status,
+        chatbot,
+        box,
+        send,
+    )
+
+
+def build_ui(services: Services) -> gr.Blocks:
+    """The chat page, with each event wired to its handler."""
+    handlers = ChatHandlers(services)
     with gr.Blocks(title="ragtune", fill_height=True) as demo:
-        session_state = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=240):
-                gr.Markdown("### ragtune")
-                sessions = gr.Radio(label="Conversations", choices=[], elem_id="rt-sessions")
-                with gr.Row():
-                    new_button = gr.Button("New", size="sm", elem_id="rt-new")
-                    delete_button = gr.Button("Delete", size="sm", variant="stop", elem_id="rt-delete")
-                adapter = gr.Dropdown(label="Adapter", choices=[AUTO], value=AUTO, elem_id="rt-adapter")
-                collection = gr.Dropdown(
-                    label="Collection", choices=[ALL_COLLECTIONS], value=ALL_COLLECTIONS, elem_id="rt-collection"
-                )
-                with gr.Accordion("Add documents", open=False):
-                    files = gr.File(file_count="multiple", label="Files (pdf, docx, md, txt, html, csv, jsonl)")
-                    target = gr.Textbox(label="Into collection", value=settings.default_collection)
-                    upload_button = gr.Button("Upload", size="sm")
-                    upload_status = gr.Markdown()
-            with gr.Column(scale=4):
-                chatbot = gr.Chatbot(
-                    label="Chat",
-                    height=560,
-                    elem_id="rt-chat",
-                    feedback_options=None,
-                    placeholder="Ask about your documents, or ask for a rewrite.",
-                )
-                with gr.Row():
-                    box = gr.Textbox(
-                        placeholder="Message",
-                        show_label=False,
-                        scale=8,
-                        elem_id="rt-input",
-                        max_length=settings.max_message_chars,
-                    )
-                    send = gr.Button("Send", variant="primary", scale=1, elem_id="rt-send")
-
-        demo.load(on_load, None, [sessions, adapter, collection])
-        outputs = [chatbot, box, session_state, sessions]
-        inputs = [box, session_state, adapter, collection, chatbot]
-        send.click(respond, inputs, outputs)
-        box.submit(respond, inputs, outputs)
-        new_button.click(new_session, None, [session_state, chatbot, sessions])
-        delete_button.click(delete, [session_state], [session_state, chatbot, sessions])
-        sessions.input(resume, [sessions], [session_state, chatbot])
-        upload_button.click(upload, [files, target], [upload_status]).then(refresh_collections, None, [collection])
+        page = _layout(services.settings)
+        demo.load(handlers.on_load, None, [page.sessions, page.adapter, page.collection])
+        outputs = [page.chatbot, page.box, page.session_state, page.sessions]
+        inputs = [page.box, page.session_state, page.adapter, page.collection, page.chatbot]
+        page.send.click(handlers.respond, inputs, outputs)
+        page.box.submit(handlers.respond, inputs, outputs)
+        page.new_button.click(handlers.new_session, None, [page.session_state, page.chatbot, page.sessions])
+        page.delete_button.click(
+            handlers.delete, [page.session_state], [page.session_state, page.chatbot, page.sessions]
+        )
+        page.sessions.input(handlers.resume, [page.sessions], [page.session_state, page.chatbot])
+        page.upload_button.click(handlers.upload, [page.files, page.target], [page.upload_status]).then(
+            handlers.refresh_collections, None, [page.collection]
+        )
     return demo
