@@ -88,7 +88,7 @@ def _warn_if_open(host: str, config) -> None:
 @user_errors
 def chat_command(session_id: str | None, list_sessions: bool, adapter: str | None, collection: str | None) -> None:
     """Chat in the terminal on the same pipeline and memory as the web UI (/new, /quit)."""
-    from bot.conversation import Token, TurnDone, TurnOptions, TurnStart, badge_text
+    from bot.conversation import TurnOptions
     from bot.conversation.messages import MessageError, clean_message
     from bot.memory import SessionNotFound
     from bot.server.auth import LOCAL_OWNER
@@ -131,22 +131,28 @@ def chat_command(session_id: str | None, list_sessions: bool, adapter: str | Non
                 click.echo(f"session {session_id}")
                 continue
             try:
-                for event in services.conversation.stream(session_id, owner, line, options):
-                    if isinstance(event, TurnStart):
-                        badge = badge_text(event.route, event.confidence, event.reason, event.adapter)
-                        click.echo(f"[{badge}]")
-                        click.echo("ragtune> ", nl=False)
-                    elif isinstance(event, Token):
-                        click.echo(event.text, nl=False)
-                    elif isinstance(event, TurnDone):
-                        click.echo()
-                        for s in event.sources:
-                            page = f", page {s['page']}" if s.get("page") else ""
-                            click.echo(f"  [{s['n']}] {s['title']}{page} ({s['source']}, score {s['score']:.2f})")
+                _print_turn(services.conversation.stream(session_id, owner, line, options))
             except ValueError as exc:
                 click.echo(f"\nerror: {exc}", err=True)
     finally:
         services.close()
+
+
+def _print_turn(events) -> None:
+    """A turn in the terminal: the route badge, the answer as it streams, then its sources."""
+    from bot.conversation import Token, TurnDone, TurnStart, badge_text
+
+    for event in events:
+        if isinstance(event, TurnStart):
+            click.echo(f"[{badge_text(event.route, event.confidence, event.reason, event.adapter)}]")
+            click.echo("ragtune> ", nl=False)
+        elif isinstance(event, Token):
+            click.echo(event.text, nl=False)
+        elif isinstance(event, TurnDone):
+            click.echo()
+            for s in event.sources:
+                page = f", page {s['page']}" if s.get("page") else ""
+                click.echo(f"  [{s['n']}] {s['title']}{page} ({s['source']}, score {s['score']:.2f})")
 
 
 COMMANDS = [serve_command, up_command, chat_command]

@@ -70,24 +70,26 @@ def install_error_handlers(app: FastAPI, services: Services) -> None:
             status_code=500,
         )
 
+    install_size_limits(app, settings)
+
+
+def body_limit(path: str, settings: Any) -> int:
+    """Bytes a request body to `path` may have: uploads by `max_upload_mb`, everything else by `max_request_kb`."""
+    return settings.max_upload_mb * 1024 * 1024 if path == "/v1/documents" else settings.max_request_kb * 1024
+
+
+def install_size_limits(app: FastAPI, settings: Any) -> None:
+    """413 for /v1 bodies over `body_limit`: from Content-Length before reading, or while reading a chunked body."""
     app.add_middleware(StreamedBodyLimit, settings=settings)
 
     @app.middleware("http")
     async def _limit_size(request: Request, call_next):
         if request.url.path.startswith("/v1/"):
-            limit = (
-                settings.max_upload_mb * 1024 * 1024
-                if request.url.path == "/v1/documents"
-                else settings.max_request_kb * 1024
-            )
+            limit = body_limit(request.url.path, settings)
             length = request.headers.get("content-length")
             if length and length.isdigit() and int(length) > limit:
-                return JSONResponse(
-                    error_body(
-                        f"request body of {int(length)} bytes is over the limit of {limit} bytes", "request_too_large"
-                    ),
-                    status_code=413,
-                )
+                message = f"request body of {int(length)} bytes is over the limit of {limit} bytes"
+                return JSONResponse(error_body(message, "request_too_large"), status_code=413)
         return await call_next(request)
 
 
@@ -105,8 +107,7 @@ class StreamedBodyLimit:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/") or b"content-length" in headers:
             await self.app(scope, receive, send)
             return
-        upload = scope["path"] == "/v1/documents"
-        limit = self.settings.max_upload_mb * 1024 * 1024 if upload else self.settings.max_request_kb * 1024
+        limit = body_limit(scope["path"], self.settings)
         messages, size = [], 0
         while True:
             message = await receive()
