@@ -209,3 +209,10 @@ def test_a_quoted_sentence_with_its_own_number_is_supported(checker, document, p
     template, number = document[pick % len(document)]
     result = checker.check_sentence(template.format(n=_render(number, style)) + " [1]", [Passage("1", text)])
     assert result.supported, result.problems
+
+
+def test_a_whole_quoted_sentence_is_supported_but_a_fragment_gets_every_check(checker):
+    passage = Passage("1", "Results were mixed. There is no evidence that the vaccine causes autism. More follows.")
+    assert checker.check_sentence("There is no evidence that the vaccine causes autism. [1]", [passage]).supported
+    fragment = checker.check_sentence("The vaccine causes autism.", [passage])
+    assert not fragment.supported

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from bot.answer.sentences import split_sentences, strip_markdown
+from bot.answer.support import strip_citations
 from bot.answer.terms import content_words
 
 # Weights of the sentence score: cosine + OVERLAP_WEIGHT * overlap + CHUNK_WEIGHT * chunk score. Chosen on covid-qa
@@ -100,7 +101,8 @@ class EvidenceFinder:
             text = getattr(hit, "text", "") or ""
             base = getattr(hit, "char_start", None)
             for sentence in split_sentences(text):
-                shown = " ".join(strip_markdown(sentence.text).split())
+                # as a reader sees it, and without the document's own [12]-style references: [n] means a source here
+                shown = " ".join(strip_citations(strip_markdown(sentence.text)).split())
                 key = shown.lower()
                 if len(shown.split()) < MIN_WORDS or len(shown) > MAX_SENTENCE_CHARS or key in seen:
                     continue

@@ -331,6 +331,7 @@ class _PassageFacts:
     lowered: str
     quantities: list[Quantity]
     words: list[frozenset[str]]  # content words of each sentence, for the close-quote test
+    verbatim: str  # the passage as `_verbatim` normalises it, for the exact-quote test
 
 
 class SupportChecker:
@@ -365,7 +366,7 @@ class SupportChecker:
         vectors = np.asarray(self.embedder.embed_documents(sentences), dtype=np.float32)
         lowered = CITATION.sub(" ", plain).lower().replace("’", "'")
         words = [frozenset(content_words(s)) for s in sentences]
-        facts = _PassageFacts(sentences, vectors, lowered, quantities(plain), words)
+        facts = _PassageFacts(sentences, vectors, lowered, quantities(plain), words, _verbatim(plain))
         with self._lock:
             self._cache[text] = facts
             while len(self._cache) > CACHE_PASSAGES:
@@ -415,14 +416,14 @@ class SupportChecker:
         if not passages:
             return SentenceSupport(text, False, 0.0, None, None, ("no cited passage",))
         facts = [(p.key, self._facts(p.text)) for p in passages]
-        best_score, best_key, best_sentence = -1.0, None, None
-        for key, fact in facts:
-            scores = fact.vectors @ vector
-            index = int(np.argmax(scores))
-            if float(scores[index]) > best_score:
-                best_score, best_key, best_sentence = float(scores[index]), key, fact.sentences[index]
-        problems: list[str] = []
+        quoted = _verbatim(text)
+        if len(content_words(quoted)) >= QUOTE_MIN_WORDS:
+            for key, fact in facts:
+                if _whole_sentences_of(quoted, fact.verbatim):  # word for word from the passage: no misstatement
+                    return SentenceSupport(text, True, 1.0, key, text, ())
         claimed = quantities(text, claim=True)
+        best_score, best_key, best_sentence = _closest(vector, facts, {q.value for q in claimed})
+        problems: list[str] = []
         known = [q for _, fact in facts for q in fact.quantities]
         known_values = {q.value for q in known}
         for q in claimed:
@@ -449,6 +450,35 @@ class SupportChecker:
 
 QUOTE_MIN_WORDS = 3
 QUOTE_COVERAGE = 0.8
+NEAR_BEST = 0.05  # passage sentences this close to the best cosine are equally likely to be the one paraphrased
+
+
+def _closest(vector: np.ndarray, facts: Sequence[tuple[str, _PassageFacts]], values: set[str]) -> tuple:
+    """(cosine, passage key, sentence) of the passage sentence the claim restates: the most similar one, unless a
+    nearly as similar one states the claim's numbers ("within 3 days" beside "within 45 days" in one policy)."""
+    ranked = []
+    for key, fact in facts:
+        for score, sentence in zip((fact.vectors @ vector).tolist(), fact.sentences, strict=True):
+            ranked.append((float(score), key, sentence))
+    if not ranked:
+        return -1.0, None, None
+    best = max(ranked, key=lambda r: r[0])
+    if values:
+        near = [r for r in ranked if r[0] >= best[0] - NEAR_BEST and values <= {q.value for q in quantities(r[2])}]
+        if near:
+            return max(near, key=lambda r: r[0])
+    return best
+
+
+def _whole_sentences_of(quoted: str, passage: str) -> bool:
+    """`quoted` stands in `passage` from a sentence start to a sentence end: a fragment ("X causes Y" out of "no
+    evidence that X causes Y") can say the opposite of its sentence, so it gets the full checks instead."""
+    return re.search(r"(?:^|[.!?:]\s)" + re.escape(quoted) + r"(?:[.!?]|$)", passage) is not None
+
+
+def _verbatim(text: str) -> str:
+    """Text for the exact-quote test: no markdown, no [n] markers, lower case, single spaces, no final stop."""
+    return " ".join(strip_citations(strip_markdown(text)).lower().replace("’", "'").split()).rstrip(".")
 
 
 def _quotes(text: str, facts: Sequence[tuple[str, _PassageFacts]]) -> bool:
