@@ -264,24 +264,13 @@ class MemoryStore:
             return [StoredMessage(**row) for row in cur.fetchall()]
 
     def context(self, session_id: str, owner: str) -> MemoryContext:
-        """Summary + the last `window_turns` turns. Older turns are folded into the stored summary once."""
+        """Summary + the last `window_turns` turns (read only: older turns are folded in when a turn is saved)."""
         info = self.get_session(session_id, owner)
         recent = self.messages(session_id, owner, after_turn=info.summary_turns)
         turns = sorted({m.turn for m in recent})
         next_turn = (turns[-1] if turns else info.summary_turns) + 1
-        summary = info.summary
-        if len(turns) > self.window_turns:
-            keep_from = turns[-self.window_turns]
-            old = [m for m in recent if m.turn < keep_from]
-            summary = fold_into_summary(summary, old)
-            with self._connection() as conn:
-                conn.execute(
-                    "UPDATE sessions SET summary = %s, summary_turns = %s WHERE id = %s AND owner = %s"
-                    " AND summary_turns < %s",
-                    (summary, keep_from - 1, session_id, owner, keep_from - 1),
-                )
-            recent = [m for m in recent if m.turn >= keep_from]
-        return MemoryContext(summary=summary, messages=recent, next_turn=next_turn)
+        summary, keep_from = _window(info.summary, recent, turns, self.window_turns)
+        return MemoryContext(summary=summary, messages=[m for m in recent if m.turn >= keep_from], next_turn=next_turn)
 
     def save_turn(
         self,
@@ -312,7 +301,8 @@ class MemoryStore:
     ) -> int:
         """The two rows of one turn, inside the caller's transaction."""
         row = conn.execute(
-            "SELECT title FROM sessions WHERE id = %s AND owner = %s FOR UPDATE", (session_id, owner)
+            "SELECT title, summary, summary_turns FROM sessions WHERE id = %s AND owner = %s FOR UPDATE",
+            (session_id, owner),
         ).fetchone()
         if row is None:
             raise SessionNotFound(f"session {session_id!r}: not found")
@@ -340,9 +330,34 @@ class MemoryStore:
                 details.action,
             ),
         )
+        self._fold_old_turns(conn, session_id, row[1], row[2])
         title = row[0] or _first_sentence(user_text, 60)
         conn.execute("UPDATE sessions SET updated_at = now(), title = %s WHERE id = %s", (title, session_id))
         return turn
+
+    def _fold_old_turns(self, conn: Any, session_id: str, summary: str, summary_turns: int) -> None:
+        """Fold the turns that fell out of the window into the stored summary, in the caller's transaction."""
+        rows = conn.execute(
+            "SELECT turn, role, content FROM messages WHERE session_id = %s AND turn > %s ORDER BY turn,"
+            " CASE role WHEN 'system' THEN 0 WHEN 'user' THEN 1 ELSE 2 END",
+            (session_id, summary_turns),
+        ).fetchall()
+        recent = [StoredMessage(turn=turn, role=role, content=content) for turn, role, content in rows]
+        turns = sorted({m.turn for m in recent})
+        folded, keep_from = _window(summary, recent, turns, self.window_turns)
+        if keep_from - 1 > summary_turns:
+            conn.execute(
+                "UPDATE sessions SET summary = %s, summary_turns = %s WHERE id = %s",
+                (folded, keep_from - 1, session_id),
+            )
+
+
+def _window(summary: str, recent: list[StoredMessage], turns: list[int], window: int) -> tuple[str, int]:
+    """The summary with the turns before the last `window` folded in, and the first turn kept whole."""
+    if len(turns) <= window:
+        return summary, turns[0] if turns else 0
+    keep_from = turns[-window]
+    return fold_into_summary(summary, [m for m in recent if m.turn < keep_from]), keep_from
 
 
 class PostgresChatMessageHistory(BaseChatMessageHistory):

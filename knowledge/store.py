@@ -90,8 +90,6 @@ class CollectionInfo:
     name: str
     description: str
     embedding_model: str | None
-    restricted: bool
-    owner: str | None
     documents: int
     chunks: int
     created_at: datetime | None = None
@@ -456,7 +454,7 @@ class KnowledgeStore:
     def list_collections(self) -> list[CollectionInfo]:
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT col.name, col.description, col.embedding_model, col.restricted, col.owner,"
+                "SELECT col.name, col.description, col.embedding_model,"
                 " count(DISTINCT d.id), count(c.id), col.created_at"
                 " FROM collections col LEFT JOIN documents d ON d.collection = col.name"
                 " LEFT JOIN chunks c ON c.document_id = d.id GROUP BY col.name ORDER BY col.name"

@@ -37,11 +37,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:24].strip("-") or "data"
 
 
-def training_pairs(pairs: Sequence[tuple[str, str]], evaluated: set[str], ids: Sequence[str], limit: int) -> list:
-    """Held-out (question, answer) pairs: every pair whose id is not evaluated, first `limit` of them."""
-    return [pair for pair, pid in zip(pairs, ids, strict=True) if pid not in evaluated][:limit]
-
-
 def ensure_adapter(
     settings: Any,
     pool: Any,

@@ -97,3 +97,20 @@ def fit_messages(
     while start < len(history) and messages[history[start]]["role"] != "user":
         start += 1
     return keep_from(start)
+
+
+class FitsByRendering:
+    """`fit_messages` for a generator that renders its chat template to token ids (both local backends)."""
+
+    context_length: int
+
+    def render(self, messages: list[Message]) -> list[int]:  # pragma: no cover - each backend has its own
+        raise NotImplementedError
+
+    def fit_messages(self, messages: list[Message], max_new_tokens: int) -> list[Message]:
+        return fit_messages(
+            messages,
+            max_new_tokens=max_new_tokens,
+            context_length=self.context_length,
+            count_prompt=lambda candidate: len(self.render(candidate)),
+        )

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.llm.adapters import check_adapter_name, find_adapter_dirs, read_adapter_config
-from bot.llm.context import Sampling, check_adapter, check_messages, fit_messages, resolve_sampling
+from bot.llm.context import FitsByRendering, Sampling, check_adapter, check_messages, fit_messages, resolve_sampling
 from bot.llm.local import _read_template, default_threads
 from bot.llm.streaming import iterate_in_thread
 from bot.llm.types import GenerationResult, Message, StreamStats, TokenStream
@@ -78,7 +78,7 @@ class _Runtime:
     adapter_ids: dict[str, int] = field(default_factory=dict)
 
 
-class LlamaCppGenerator:
+class LlamaCppGenerator(FitsByRendering):
     """Streams chat completions from a GGUF model through in-process llama.cpp, with per-request LoRA adapters."""
 
     def __init__(
@@ -255,14 +255,6 @@ class LlamaCppGenerator:
 
     def count_tokens(self, text: str) -> int:
         return len(_checked(self._runtime.http.post("/tokenize", json={"content": text}))["tokens"])
-
-    def fit_messages(self, messages: list[Message], max_new_tokens: int) -> list[Message]:
-        return fit_messages(
-            messages,
-            max_new_tokens=max_new_tokens,
-            context_length=self.context_length,
-            count_prompt=lambda candidate: len(self.render(candidate)),
-        )
 
     # --- generation ------------------------------------------------------------------------------
     def stream(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.llm.adapters import check_adapter_name, check_fits_base, find_adapter_dirs, read_adapter_config
-from bot.llm.context import Sampling, check_adapter, check_messages, fit_messages, resolve_sampling
+from bot.llm.context import FitsByRendering, Sampling, check_adapter, check_messages, resolve_sampling
 from bot.llm.loading import LoadedModel, load_base_model
 from bot.llm.streaming import IncrementalDecoder, StopFilter, iterate_in_thread
 from bot.llm.types import GenerationResult, Message, StreamStats, TokenStream
@@ -85,7 +85,7 @@ def _read_template(value: str) -> str:
     return value
 
 
-class LocalGenerator:
+class LocalGenerator(FitsByRendering):
     """Streams chat completions from a local causal LM with hot-swappable LoRA adapters."""
 
     def __init__(
@@ -224,14 +224,6 @@ class LocalGenerator:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def fit_messages(self, messages: list[Message], max_new_tokens: int) -> list[Message]:
-        return fit_messages(
-            messages,
-            max_new_tokens=max_new_tokens,
-            context_length=self.context_length,
-            count_prompt=lambda candidate: len(self.render(candidate)),
-        )
 
     # --- generation ------------------------------------------------------------------------------
     def stream(

@@ -28,24 +28,33 @@ class StopFilter:
         if not self.stops:
             self._pending = ""
             return text
-        cut = min((index for stop in self.stops if (index := text.find(stop)) >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            self._pending = ""
+        cut, partial = self._earliest_match(text), self._earliest_partial(text)
+        if cut >= 0 and (partial is None or partial >= cut):  # no longer stop can still begin before the match
+            self.stopped, self._pending = True, ""
             return text[:cut]
-        hold = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(text)), hold, -1):
-                if stop.startswith(text[-size:]):
-                    hold = size
-                    break
-        self._pending = text[len(text) - hold :] if hold else ""
-        return text[: len(text) - hold] if hold else text
+        keep = len(text) if partial is None else partial
+        self._pending = text[keep:]
+        return text[:keep]
 
     def flush(self) -> str:
-        """The held-back tail, once the stream ended without completing a stop sequence."""
-        text, self._pending = ("" if self.stopped else self._pending), ""
-        return text
+        """The held-back tail, once the stream ended (cut at a stop sequence it completes)."""
+        if self.stopped:
+            return ""
+        text, self._pending = self._pending, ""
+        cut = self._earliest_match(text)
+        self.stopped = cut >= 0
+        return text[:cut] if cut >= 0 else text
+
+    def _earliest_match(self, text: str) -> int:
+        return min((index for stop in self.stops if (index := text.find(stop)) >= 0), default=-1)
+
+    def _earliest_partial(self, text: str) -> int | None:
+        """The first position from which the text so far could still grow into a stop sequence."""
+        for position in range(max(0, len(text) - max(len(stop) for stop in self.stops) + 1), len(text)):
+            tail = text[position:]
+            if any(len(stop) > len(tail) and stop.startswith(tail) for stop in self.stops):
+                return position
+        return None
 
 
 class IncrementalDecoder:
