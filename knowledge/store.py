@@ -204,16 +204,8 @@ class KnowledgeStore:
             DeferredVectorIndex(self.pool) as deferred,
         ):
             for path in files:
-                try:
-                    source = renames.get(str(Path(path).resolve()))
-                    prepared = self._prepare(path, collection, chunk_size, chunk_overlap, source)
-                except LoadError as exc:
-                    report.failed.append((str(path), str(exc)))
-                    prepared = None
-                except Exception as exc:  # a loader bug must not sink the other files
-                    log.exception("unexpected error loading %s", path)
-                    report.failed.append((str(path), f"{type(exc).__name__}: {exc}"))
-                    prepared = None
+                source = renames.get(str(Path(path).resolve()))
+                prepared = self._prepare_or_report(path, collection, chunk_size, chunk_overlap, source, report)
                 if prepared is not None and not prepared.docs:
                     report.unchanged.append(str(path))
                 elif prepared is not None:
@@ -248,6 +240,19 @@ class KnowledgeStore:
                     f"collection {collection!r} was built with embedding model {row[0]!r}, "
                     f"not {self.embedder.name!r}: use that model or another collection"
                 )
+
+    def _prepare_or_report(
+        self, path: Path, collection: str, chunk_size: int, chunk_overlap: int, source: str | None, report: IngestReport
+    ) -> _PreparedFile | None:
+        """`_prepare`, or None with the reason in `report.failed`: one bad file must not sink the others."""
+        try:
+            return self._prepare(path, collection, chunk_size, chunk_overlap, source)
+        except LoadError as exc:
+            report.failed.append((str(path), str(exc)))
+        except Exception as exc:  # a loader bug must not sink the other files
+            log.exception("unexpected error loading %s", path)
+            report.failed.append((str(path), f"{type(exc).__name__}: {exc}"))
+        return None
 
     def _prepare(
         self, path: Path, collection: str, chunk_size: int, chunk_overlap: int, source: str | None = None

@@ -172,6 +172,35 @@ def _ece(p: np.ndarray, gold: np.ndarray, bins: int = 10) -> float:
     return float(total)
 
 
+def _example_set(routes: Sequence[RouteSpec], classes: list[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The configured examples as training rows, under their route's label (or its action's) when it is a class."""
+    labels = []
+    for r in routes:
+        label = r.name if r.name in classes else (r.action if r.action in classes else None)
+        labels.extend([label] * len(r.examples))
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    return vectors[keep], np.array([classes.index(labels[i]) for i in keep], dtype=int)
+
+
+def _compare_methods(clf_p: np.ndarray, sim_p: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
+    """The mixing weight of classifier and similarity that does best on the held-out rows, and each method's
+    held-out accuracy and calibration (the router serves with the best of the three)."""
+    best_w, best_key = 0.5, None
+    for w in np.round(np.linspace(0, 1, 11), 2):
+        combined = w * clf_p + (1 - w) * sim_p
+        key = (_accuracy(combined, y), -_nll(combined, y))
+        if best_key is None or key > best_key:
+            best_w, best_key = float(w), key
+    combined = best_w * clf_p + (1 - best_w) * sim_p
+    return best_w, {
+        "similarity": {"accuracy": _accuracy(sim_p, y), "ece": _ece(sim_p, y)},
+        "classifier": {"accuracy": _accuracy(clf_p, y), "ece": _ece(clf_p, y)},
+        "combined": {"accuracy": _accuracy(combined, y), "ece": _ece(combined, y), "weight": best_w},
+    }
+
+
+# One flow on purpose (68 lines): split, fit, calibrate, compare and refit all read the arrays of one embedding pass
+# and the same held-out split; the comparison and the example rows are already helpers of their own.
 def train_classifier(
     texts: Sequence[str],
     labels: Sequence[str],
@@ -196,13 +225,7 @@ def train_classifier(
     if example_vectors is None:
         example_vectors = encoder.encode_many([e for r in routes for e in r.examples])
     index = ExampleIndex(routes, example_vectors)
-    # configured examples join the training set under their route's label (or its action's)
-    ex_labels = []
-    for r in routes:
-        label = r.name if r.name in classes else (r.action if r.action in classes else None)
-        ex_labels.extend([label] * len(r.examples))
-    keep = [i for i, label in enumerate(ex_labels) if label is not None]
-    ex_x, ex_y = example_vectors[keep], np.array([classes.index(ex_labels[i]) for i in keep], dtype=int)
+    ex_x, ex_y = _example_set(routes, classes, example_vectors)
     log.info("embedded %d labelled messages in %.1fs", len(texts), time.perf_counter() - started)
 
     counts = np.bincount(y, minlength=len(classes))
@@ -221,31 +244,14 @@ def train_classifier(
     probe.temperature = temperature
 
     # similarity: scores of every route, calibrated on the held-out part, compared in label space
-    route_of_label = np.zeros(len(routes), dtype=int)
-    for j, group in enumerate(members):
-        route_of_label[group] = j
     sim_scores = index.scores_many(x[ho])
     sim_temperature = _fit_temperature(_label_logits(sim_scores, members), y[ho])
-    sim_route_p = softmax(sim_scores, sim_temperature)
-    sim_label_p = _to_labels(sim_route_p, members)
-    clf_label_p = probe.proba(x[ho])
-    weights = np.round(np.linspace(0, 1, 11), 2)
-    best_w, best_key = 0.5, None
-    for w in weights:
-        combined = w * clf_label_p + (1 - w) * sim_label_p
-        key = (_accuracy(combined, y[ho]), -_nll(combined, y[ho]))
-        if best_key is None or key > best_key:
-            best_w, best_key = float(w), key
-    combined = best_w * clf_label_p + (1 - best_w) * sim_label_p
-    heldout = {
-        "similarity": {"accuracy": _accuracy(sim_label_p, y[ho]), "ece": _ece(sim_label_p, y[ho])},
-        "classifier": {"accuracy": _accuracy(clf_label_p, y[ho]), "ece": _ece(clf_label_p, y[ho])},
-        "combined": {"accuracy": _accuracy(combined, y[ho]), "ece": _ece(combined, y[ho]), "weight": best_w},
-    }
+    sim_label_p = _to_labels(softmax(sim_scores, sim_temperature), members)
+    best_w, heldout = _compare_methods(probe.proba(x[ho]), sim_label_p, y[ho])
     method = max(METHODS, key=lambda m: (heldout[m]["accuracy"], m == "combined"))
 
     final = fit(np.arange(len(y)))
-    result = RouteClassifier(
+    return RouteClassifier(
         labels=classes,
         coef=final.coef_.astype(np.float32),
         intercept=final.intercept_.astype(np.float32),
@@ -263,7 +269,6 @@ def train_classifier(
             "train_seconds": round(time.perf_counter() - started, 2),
         },
     )
-    return result
 
 
 def _label_logits(route_scores: np.ndarray, members: list[list[int]]) -> np.ndarray:

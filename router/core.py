@@ -163,34 +163,9 @@ class Router:
         vector = self.encoder.encode(message) if embedding is None else np.asarray(embedding, dtype=np.float32)
         p, nearest, sim_scores, method = self._probabilities(vector)
         notes: list[str] = []
-        used_memory = None
-
-        previous = memory.last_route(history)
-        previous = previous if previous in self.names else None
-        if memory.has_answer(history) and memory.is_transform_request(message):
-            target = self._skill_target(previous, p)
-            if target is not None:
-                p = (1 - TRANSFORM_WEIGHT) * p + TRANSFORM_WEIGHT * _onehot(target, len(p))
-                used_memory = "transform"
-                notes.append(f"asks to rework the previous answer, which is skill work ({self.names[target]})")
-        elif previous is not None and memory.is_follow_up(message):
-            target = self.names.index(previous)
-            # a message that on its own clearly belongs elsewhere ("and thanks a lot!") keeps the upper hand
-            elsewhere = max((v for i, v in enumerate(p) if i != target), default=0.0)
-            weight = FOLLOW_UP_WEIGHT if elsewhere < CLEAR_ELSEWHERE else FOLLOW_UP_WEIGHT_WHEN_CLEAR
-            p = (1 - weight) * p + weight * _onehot(target, len(p))
-            used_memory = "follow-up"
-            notes.append(f"a short follow-up, so it leans to the previous turn's route ({previous})")
-
+        p, used_memory = self._conversation_prior(message, history, p, notes)
         if retrieval_strength is not None and not math.isnan(retrieval_strength):
-            shift = min(
-                max(RETRIEVAL_GAIN * (retrieval_strength - RETRIEVAL_PIVOT), RETRIEVAL_CAP[0]), RETRIEVAL_CAP[1]
-            )
-            boost = np.array([math.exp(shift) if r.retrieve else 1.0 for r in self.routes])
-            p = p * boost / float((p * boost).sum())
-            notes.append(
-                f"retrieval strength {retrieval_strength:.2f} shifted retrieving routes by {shift:+.2f} log-odds"
-            )
+            p = self._retrieval_shift(p, retrieval_strength, notes)
 
         best = int(np.argmax(p))
         confidence = float(p[best])
@@ -214,6 +189,34 @@ class Router:
             nearest=[{"route": r, "example": t, "cosine": round(c, 3)} for r, t, c in nearest],
             memory=used_memory,
         )
+
+    def _conversation_prior(
+        self, message: str, history: Sequence[dict], p: np.ndarray, notes: list[str]
+    ) -> tuple[np.ndarray, str | None]:
+        """Lean towards skill for a rework of the previous answer, or towards the previous route for a short
+        follow-up; which of the two applied ("transform", "follow-up" or None) is returned beside the new scores."""
+        previous = memory.last_route(history)
+        previous = previous if previous in self.names else None
+        if memory.has_answer(history) and memory.is_transform_request(message):
+            target = self._skill_target(previous, p)
+            if target is not None:
+                notes.append(f"asks to rework the previous answer, which is skill work ({self.names[target]})")
+                return (1 - TRANSFORM_WEIGHT) * p + TRANSFORM_WEIGHT * _onehot(target, len(p)), "transform"
+        elif previous is not None and memory.is_follow_up(message):
+            target = self.names.index(previous)
+            # a message that on its own clearly belongs elsewhere ("and thanks a lot!") keeps the upper hand
+            elsewhere = max((v for i, v in enumerate(p) if i != target), default=0.0)
+            weight = FOLLOW_UP_WEIGHT if elsewhere < CLEAR_ELSEWHERE else FOLLOW_UP_WEIGHT_WHEN_CLEAR
+            notes.append(f"a short follow-up, so it leans to the previous turn's route ({previous})")
+            return (1 - weight) * p + weight * _onehot(target, len(p)), "follow-up"
+        return p, None
+
+    def _retrieval_shift(self, p: np.ndarray, strength: float, notes: list[str]) -> np.ndarray:
+        """Raise (or lower) the retrieving routes by how well the documents match the message."""
+        shift = min(max(RETRIEVAL_GAIN * (strength - RETRIEVAL_PIVOT), RETRIEVAL_CAP[0]), RETRIEVAL_CAP[1])
+        boost = np.array([math.exp(shift) if r.retrieve else 1.0 for r in self.routes])
+        notes.append(f"retrieval strength {strength:.2f} shifted retrieving routes by {shift:+.2f} log-odds")
+        return p * boost / float((p * boost).sum())
 
     def _skill_target(self, previous: str | None, p: np.ndarray) -> int | None:
         """Rework stays with the previous skill route (its adapter); otherwise the likeliest skill route."""

@@ -174,6 +174,23 @@ def _columns_of(path: Path) -> list[str]:
     return []
 
 
+def _record_messages(record: dict, fmt: str, input_col: str | None, output_col: str | None) -> tuple[Any, str | None]:
+    """One row as chat messages in its format's way, or (None, why it cannot be)."""
+    if fmt == "chat":
+        return record.get("messages"), None
+    if fmt == "prompt_completion":
+        prompt, completion = record.get("prompt"), record.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            return None, "'prompt' and 'completion' must both be text"
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], None
+    question, answer = record.get(input_col), record.get(output_col)
+    if not isinstance(question, str) or not question.strip():
+        return None, f"empty {input_col!r}"
+    if not isinstance(answer, str):
+        return None, f"missing {output_col!r}"
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], None
+
+
 def read_dataset(
     path: Path | str,
     *,
@@ -210,24 +227,9 @@ def read_dataset(
         if not isinstance(record, dict):
             bad(line, "row is not an object")
             continue
-        if fmt == "chat":
-            messages = record.get("messages")
-        elif fmt == "prompt_completion":
-            prompt, completion = record.get("prompt"), record.get("completion")
-            if not isinstance(prompt, str) or not isinstance(completion, str):
-                bad(line, "'prompt' and 'completion' must both be text")
-                continue
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-        else:
-            question, answer = record.get(input_col), record.get(output_col)
-            if not isinstance(question, str) or not question.strip():
-                bad(line, f"empty {input_col!r}")
-                continue
-            if not isinstance(answer, str):
-                bad(line, f"missing {output_col!r}")
-                continue
-            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        reason = _check_messages(messages, max_chars)
+        messages, reason = _record_messages(record, fmt, input_col, output_col)
+        if reason is None:
+            reason = _check_messages(messages, max_chars)
         if reason is not None:
             bad(line, reason)
             continue

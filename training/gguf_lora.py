@@ -167,6 +167,34 @@ def convert_adapter(adapter_dir: str | Path, base: GGUFBase | str | Path, output
     directory = Path(adapter_dir).expanduser()
     if not isinstance(base, GGUFBase):
         base = read_base(base)
+    config = _adapter_config(directory, base)
+    pairs = _lora_pairs(directory)
+    target = Path(output) if output is not None else directory / GGUF_FILE
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    writer = gguf.GGUFWriter(str(partial), arch=base.arch)
+    try:
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config.get("lora_alpha", 8)))
+        writer.add_string(BASE_KEY, base.fingerprint)
+        for name, lora_a, lora_b in _gguf_tensors(directory, base, config, pairs):
+            writer.add_tensor(name + ".lora_a", np.ascontiguousarray(lora_a, dtype=np.float32))
+            writer.add_tensor(name + ".lora_b", np.ascontiguousarray(lora_b, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(partial, target)
+    log.info("converted adapter %s to %s (%d LoRA pairs)", directory, target, len(pairs))
+    return target
+
+
+def _adapter_config(directory: Path, base: GGUFBase) -> dict:
+    """The adapter's peft config, refused unless it is a plain LoRA this converter can write for `base`."""
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
         raise AdapterConversionError(f"{directory}: needs {CONFIG_FILE} and {WEIGHTS_FILE} (a peft LoRA directory)")
@@ -180,62 +208,51 @@ def convert_adapter(adapter_dir: str | Path, base: GGUFBase | str | Path, output
         raise AdapterConversionError(
             f"base architecture {base.arch!r}: the GGUF converter supports {sorted(_QK_PERMUTED | _QK_AS_IS)}"
         )
-    alpha = float(config.get("lora_alpha", 8))
-    alpha_pattern = config.get("alpha_pattern") or {}
-    rslora = bool(config.get("use_rslora"))
+    return config
 
+
+def _lora_pairs(directory: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Module name → {"A": lora_A, "B": lora_B} from the adapter's safetensors."""
     pairs: dict[str, dict[str, np.ndarray]] = {}
-    for key, tensor in read_safetensors(weights_path).items():
+    for key, tensor in read_safetensors(directory / WEIGHTS_FILE).items():
         match = _LORA_KEY.match(key)
         if match is None:
             raise AdapterConversionError(f"{directory}: tensor {key!r} is not a LoRA A/B weight (embedding LoRA?)")
         pairs.setdefault(match["module"], {})[match["part"]] = tensor
+    if not pairs:
+        raise AdapterConversionError(f"{directory}: no LoRA tensors in {WEIGHTS_FILE}")
+    return pairs
 
-    target = Path(output) if output is not None else directory / GGUF_FILE
-    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
-    writer = gguf.GGUFWriter(str(partial), arch=base.arch)
-    try:
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        writer.add_string(BASE_KEY, base.fingerprint)
-        for module, pair in sorted(pairs.items()):
-            if set(pair) != {"A", "B"}:
-                raise AdapterConversionError(f"{directory}: {module} lacks its lora_{'B' if 'A' in pair else 'A'}")
-            lora_a, lora_b = pair["A"], pair["B"]
-            name = _gguf_name(base, module.removeprefix("base_model.model."))
-            if name not in base.shapes:
-                raise AdapterConversionError(f"{directory}: adapts {name}, which the base GGUF does not have")
-            out_features, in_features = base.shapes[name]
-            rank = lora_a.shape[0]
-            if lora_a.shape != (rank, in_features) or lora_b.shape != (out_features, rank):
-                raise AdapterConversionError(
-                    f"{directory}: {module} is A{tuple(lora_a.shape)} B{tuple(lora_b.shape)}, but {name} is "
-                    f"{out_features}x{in_features} (an adapter for another base model)"
-                )
-            module_alpha = float(_pattern_value(alpha_pattern, module, alpha))
-            peft_scale = module_alpha / (rank**0.5 if rslora else rank)
-            llama_scale = alpha / rank if alpha else 1.0
-            if peft_scale != llama_scale:
-                lora_b = lora_b * (peft_scale / llama_scale)
-            if base.arch in _QK_PERMUTED and name.endswith(("attn_q.weight", "attn_k.weight")):
-                heads = base.head_count if name.endswith("attn_q.weight") else base.head_count_kv
-                lora_b = _permute_rows(lora_b, heads)
-            writer.add_tensor(name + ".lora_a", np.ascontiguousarray(lora_a, dtype=np.float32))
-            writer.add_tensor(name + ".lora_b", np.ascontiguousarray(lora_b, dtype=np.float32))
-        if not pairs:
-            raise AdapterConversionError(f"{directory}: no LoRA tensors in {WEIGHTS_FILE}")
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(partial, target)
-    log.info("converted adapter %s to %s (%d LoRA pairs)", directory, target, len(pairs))
-    return target
+
+def _gguf_tensors(directory: Path, base: GGUFBase, config: dict, pairs: dict[str, dict[str, np.ndarray]]):
+    """(GGUF base tensor name, lora_a, lora_b) per adapted module: shapes checked, peft's scale folded into B
+    where it differs from llama.cpp's alpha/rank, and q/k rows in llama.cpp's order."""
+    alpha = float(config.get("lora_alpha", 8))
+    alpha_pattern = config.get("alpha_pattern") or {}
+    rslora = bool(config.get("use_rslora"))
+    for module, pair in sorted(pairs.items()):
+        if set(pair) != {"A", "B"}:
+            raise AdapterConversionError(f"{directory}: {module} lacks its lora_{'B' if 'A' in pair else 'A'}")
+        lora_a, lora_b = pair["A"], pair["B"]
+        name = _gguf_name(base, module.removeprefix("base_model.model."))
+        if name not in base.shapes:
+            raise AdapterConversionError(f"{directory}: adapts {name}, which the base GGUF does not have")
+        out_features, in_features = base.shapes[name]
+        rank = lora_a.shape[0]
+        if lora_a.shape != (rank, in_features) or lora_b.shape != (out_features, rank):
+            raise AdapterConversionError(
+                f"{directory}: {module} is A{tuple(lora_a.shape)} B{tuple(lora_b.shape)}, but {name} is "
+                f"{out_features}x{in_features} (an adapter for another base model)"
+            )
+        module_alpha = float(_pattern_value(alpha_pattern, module, alpha))
+        peft_scale = module_alpha / (rank**0.5 if rslora else rank)
+        llama_scale = alpha / rank if alpha else 1.0
+        if peft_scale != llama_scale:
+            lora_b = lora_b * (peft_scale / llama_scale)
+        if base.arch in _QK_PERMUTED and name.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = base.head_count if name.endswith("attn_q.weight") else base.head_count_kv
+            lora_b = _permute_rows(lora_b, heads)
+        yield name, lora_a, lora_b
 
 
 def _converted_for(path: Path) -> str | None:

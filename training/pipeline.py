@@ -92,20 +92,36 @@ def fine_tune(
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(target)
-    adapter_bytes = sum(p.stat().st_size for p in target.glob("adapter_model.*"))
     skipped = [str(p) for p in prepared.dataset.problems + train_problems + eval_problems]
-    record = AdapterRecord(
+    record = _record(name, base_model, target, prepared, config, result, len(train), len(evaluation), skipped)
+    registry.register(record)
+    return peft_model, record
+
+
+def _record(
+    name: str,
+    base_model: str,
+    target: Path,
+    prepared: Prepared,
+    config: TrainConfig,
+    result: Any,
+    train_examples: int,
+    eval_examples: int,
+    skipped: list[str],
+) -> AdapterRecord:
+    """The registry entry of a finished adapter: its data, settings and what the training measured."""
+    return AdapterRecord(
         name=name,
         base_model=base_model,
         path=str(target),
         data_sha256=prepared.dataset.sha256,
-        rows=len(train),
+        rows=train_examples,
         hyperparameters={**config.to_json(), **prepared.options},
         eval_loss_before=result.eval_loss_before,
         eval_loss_after=result.eval_loss_after,
         metrics={
-            "train_examples": len(train),
-            "eval_examples": len(evaluation),
+            "train_examples": train_examples,
+            "eval_examples": eval_examples,
             "skipped_rows": len(skipped),
             "skipped": skipped[:50],
             "steps": result.steps,
@@ -117,9 +133,7 @@ def fine_tune(
             "trainable_params": result.trainable_params,
             "total_params": result.total_params,
             "trainable_fraction": result.trainable_fraction,
-            "adapter_bytes": adapter_bytes,
+            "adapter_bytes": sum(p.stat().st_size for p in target.glob("adapter_model.*")),
             "history": result.history,
         },
     )
-    registry.register(record)
-    return peft_model, record

@@ -101,7 +101,6 @@ def run_qa_part(
     answers = runner.run(items, progress=progress)
     outside_modes = [m for m in modes if m in RETRIEVING]
     outside_answers = runner.run_unanswerable(outside, progress=progress) if outside and outside_modes else []
-    summary = summarise(answers, run_config, outside_answers)
     notes += _method_notes(config, collection, runner, items, outside, unanswerable, outside_modes)
     return {
         "kind": "qa",
@@ -118,14 +117,29 @@ def run_qa_part(
         if outside
         else None,
         "setup": setup,
-        "summary": summary,
-        "verdict": decide(summary, answers, seed=config.seed),
         "notes": notes,
-        "samples": samples(items, answers, outside, outside_answers, config.seed),
+        **_results(items, answers, outside, outside_answers, run_config, config.seed),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def _results(
+    items: list[QAItem],
+    answers: list[Answer],
+    outside: list[QAItem],
+    outside_answers: list[Answer],
+    run_config: QAConfig,
+    seed: int,
+) -> dict[str, Any]:
+    """The scored part of the report: per-mode summary, verdict, samples, chart and every answer."""
+    summary = summarise(answers, run_config, outside_answers)
+    return {
+        "summary": summary,
+        "verdict": decide(summary, answers, seed=seed),
+        "samples": samples(items, answers, outside, outside_answers, seed),
         "chart": qa_chart(summary),
         "answers": answers_json(answers),
         "unanswerable_answers": answers_json(outside_answers),
-        "wall_s": round(time.perf_counter() - started, 1),
     }
 
 

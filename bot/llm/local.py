@@ -263,6 +263,8 @@ class LocalGenerator(FitsByRendering):
             pass
         return token_stream.stats.result()
 
+    # One function on purpose (68 lines): it is the per-token hot loop, and its state (cache, logits, stop filter,
+    # decoder, stats) stays in locals instead of being passed between helpers on every token.
     def _decode(
         self,
         prompt_ids: list[int],
