@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,8 @@ from typing import Any
 from bot.llm.adapters import check_adapter_name, find_adapter_dirs, read_adapter_config
 from bot.llm.context import FitsByRendering, Sampling, check_adapter, check_messages, fit_messages, resolve_sampling
 from bot.llm.local import _read_template, default_threads
-from bot.llm.streaming import iterate_in_thread
-from bot.llm.types import GenerationResult, Message, StreamStats, TokenStream
+from bot.llm.streaming import FromStream
+from bot.llm.types import Message, StreamStats, TokenStream
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class _Runtime:
     adapter_ids: dict[str, int] = field(default_factory=dict)
 
 
-class LlamaCppGenerator(FitsByRendering):
+class LlamaCppGenerator(FitsByRendering, FromStream):
     """Streams chat completions from a GGUF model through in-process llama.cpp, with per-request LoRA adapters."""
 
     def __init__(
@@ -306,17 +306,6 @@ class LlamaCppGenerator(FitsByRendering):
         prompt_tokens = counted.get(len(fitted)) or len(self.render(fitted))
         stats = StreamStats(prompt_tokens=prompt_tokens, adapter=adapter)
         return TokenStream(self._pieces(runtime, request, stats), stats)
-
-    def astream(self, messages: list[Message], **options: Any) -> AsyncIterator[str]:
-        """`stream` for asyncio: the pieces are read in a worker thread, the event loop stays free."""
-        token_stream = self.stream(messages, **options)
-        return iterate_in_thread(lambda: token_stream)
-
-    def generate(self, messages: list[Message], **options: Any) -> GenerationResult:
-        token_stream = self.stream(messages, **options)
-        for _ in token_stream:
-            pass
-        return token_stream.stats.result()
 
     def _pieces(self, runtime: _Runtime, request: dict[str, Any], stats: StreamStats) -> Iterator[str]:
         chunks: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()

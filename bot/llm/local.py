@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,8 @@ from typing import Any
 from bot.llm.adapters import check_adapter_name, check_fits_base, find_adapter_dirs, read_adapter_config
 from bot.llm.context import FitsByRendering, Sampling, check_adapter, check_messages, resolve_sampling
 from bot.llm.loading import LoadedModel, load_base_model
-from bot.llm.streaming import IncrementalDecoder, StopFilter, iterate_in_thread
-from bot.llm.types import GenerationResult, Message, StreamStats, TokenStream
+from bot.llm.streaming import FromStream, IncrementalDecoder, StopFilter
+from bot.llm.types import Message, StreamStats, TokenStream
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _read_template(value: str) -> str:
     return value
 
 
-class LocalGenerator(FitsByRendering):
+class LocalGenerator(FitsByRendering, FromStream):
     """Streams chat completions from a local causal LM with hot-swappable LoRA adapters."""
 
     def __init__(
@@ -251,17 +251,6 @@ class LocalGenerator(FitsByRendering):
             prompt_ids, adapter, sampling.max_new_tokens, sampling.temperature, sampling.top_p, list(stop or []), stats
         )
         return TokenStream(pieces, stats)
-
-    def astream(self, messages: list[Message], **options: Any) -> AsyncIterator[str]:
-        """`stream` for asyncio: the decode loop runs in a worker thread, the event loop stays free."""
-        token_stream = self.stream(messages, **options)
-        return iterate_in_thread(lambda: token_stream)
-
-    def generate(self, messages: list[Message], **options: Any) -> GenerationResult:
-        token_stream = self.stream(messages, **options)
-        for _ in token_stream:
-            pass
-        return token_stream.stats.result()
 
     # One function on purpose (68 lines): it is the per-token hot loop, and its state (cache, logits, stop filter,
     # decoder, stats) stays in locals instead of being passed between helpers on every token.

@@ -11,8 +11,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import httpx
 
 from bot.llm.adapters import check_adapter_name
 from bot.llm.context import check_messages, fit_messages
-from bot.llm.streaming import StopFilter
+from bot.llm.streaming import FromStream, StopFilter
 from bot.llm.types import GenerationResult, GeneratorUnavailable, Message, StreamStats, TokenStream, UnknownAdapter
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ CHARS_PER_TOKEN = 4  # the server owns the tokenizer; this estimate only drives 
 MESSAGE_OVERHEAD_TOKENS = 4
 
 
-class RemoteGenerator:
+class RemoteGenerator(FromStream):
     """The `Generator` interface over HTTP to `base_url` (which ends in `/v1`)."""
 
     def __init__(
@@ -98,13 +98,6 @@ class RemoteGenerator:
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except httpx.HTTPError as exc:
-            raise self._fail(exc) from exc
-
-    @asynccontextmanager
-    async def _aerrors(self) -> AsyncIterator[None]:
         try:
             yield
         except httpx.HTTPError as exc:
@@ -259,33 +252,6 @@ class RemoteGenerator:
                 yield tail
         finally:
             stats.seconds = time.perf_counter() - started
-
-    async def astream(
-        self, messages: list[Message], *, adapter: str | None = None, **options: Any
-    ) -> AsyncIterator[str]:
-        payload = self._request(messages, adapter, stream=True, **_options(options))
-        stats = StreamStats(adapter=adapter)
-        stopper = StopFilter(payload.get("stop"))
-        async with (
-            self._aerrors(),
-            httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout) as client,
-            client.stream("POST", "/chat/completions", json=payload) as response,
-        ):
-            if response.status_code >= 400:
-                await response.aread()
-                self._check_status(response.status_code, response.text, adapter)
-            async for line in response.aiter_lines():
-                chunk = self._parse_event(line)
-                if chunk is None:
-                    continue
-                text = self._absorb(chunk, stats, stopper)
-                if text:
-                    yield text
-                if stopper.stopped:
-                    return
-        tail = stopper.flush()
-        if tail:
-            yield tail
 
     def generate(self, messages: list[Message], *, adapter: str | None = None, **options: Any) -> GenerationResult:
         payload = self._request(messages, adapter, stream=False, **_options(options))

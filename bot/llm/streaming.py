@@ -127,3 +127,23 @@ async def iterate_in_thread(
                 return
     finally:
         cancel.set()
+
+
+class FromStream:
+    """`astream` and `generate` for a generator whose `stream` returns a `TokenStream`: one way for every backend.
+
+    `astream` reads the pieces in a worker thread, so the event loop stays free while a model decodes.
+    """
+
+    def stream(self, messages: Any, **options: Any) -> Any:  # pragma: no cover - each backend has its own
+        raise NotImplementedError
+
+    def astream(self, messages: Any, **options: Any) -> AsyncIterator[str]:
+        token_stream = self.stream(messages, **options)
+        return iterate_in_thread(lambda: token_stream)
+
+    def generate(self, messages: Any, **options: Any) -> Any:
+        token_stream = self.stream(messages, **options)
+        for _ in token_stream:
+            pass
+        return token_stream.stats.result()
