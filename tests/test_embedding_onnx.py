@@ -85,7 +85,9 @@ def test_onnx_vectors_match_torch_fp32(quantize, onnx_cache: Path, onnx_int8: Em
     if quantize == "none":
         np.testing.assert_allclose(singles, batch, atol=2e-3)
     else:
-        assert np.sum(singles * batch, axis=1).min() >= 0.98
+        # ONNX Runtime picks its int8 kernels by CPU: the minimum measured 0.98+ on AVX2 and 0.978 on an AVX-512 VNNI
+        # EPYC (the same vectors in every other check), so the bound allows the wider of the two.
+        assert np.sum(singles * batch, axis=1).min() >= 0.97
     assert onnx.embed_documents([]).shape == (0, 384)
 
 
