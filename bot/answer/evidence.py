@@ -22,10 +22,11 @@ from bot.answer.terms import content_words
 
 # Weights of the sentence score: cosine + OVERLAP_WEIGHT * overlap + CHUNK_WEIGHT * chunk score. Chosen on covid-qa
 # questions 400-699 (held out from the evaluation's first 300) by `bench/bench_abstention.py`: the top sentence
-# contained the gold answer for 27.3% with cosine alone, 39.3% with overlap 0.5 and chunk 0.1 (the best of a 5x4 grid;
-# 0.25-1.0 overlap all gave 37-39%). Some sentence of the top 5 passages held it for 65.7%: ranking is the limit.
+# contained the gold answer for 24.3% with cosine alone and 41.0% with overlap 0.5 and chunk 0.2 (the best of a 5x4
+# grid; every overlap weight from 0.5 to 1.0 gave 40.3-41.0%). Some sentence of the top 5 passages held it for 65.7%:
+# ranking, not retrieval, is the limit.
 OVERLAP_WEIGHT = 0.5
-CHUNK_WEIGHT = 0.1
+CHUNK_WEIGHT = 0.2
 MIN_WORDS = 4  # a heading or a fragment ("See below.") is no answer
 MAX_SENTENCE_CHARS = 600  # a "sentence" longer than this is a table or a run-on block: not quoted whole
 
@@ -67,7 +68,8 @@ class EvidenceFinder:
         if not candidates:
             return []
         # A sentence is read under its section heading: "Plain text, Markdown, PDF …" answers "which file types?"
-        # because it stands under "Supported file types" (covid-qa 400-699: 40.0% -> 41.0% top-sentence containment).
+        # because it stands under "Supported file types" (bench_abstention, covid-qa 400-699: top-sentence
+        # containment 40.0% without the heading, 41.0% with it).
         words = [set(content_words(text)) | set(content_words(context)) for _, text, _, _, context in candidates]
         question_words = content_words(question)
         rarity = _rarity(question_words, words)

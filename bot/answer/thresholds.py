@@ -20,11 +20,11 @@ MIN_RELEVANCE: dict[str, float] = {"standard": 0.25, "strict": 0.25}
 # Best evidence sentence's score (cosine + overlap + chunk prior, bot/answer/evidence.py) below which the answer is
 # "not in your documents". `python -m bench.bench_abstention` on 1,100 questions (answerable: covid-qa 400-699 and
 # 200 SciFact train claims on their own corpora; unanswerable: 200 covid-qa questions against SciFact, 200 SciFact
-# claims against covid-qa, 200 router fact questions against each):
-#   standard 0.70: abstains on 84.5% of unanswerable (router questions 96-97%, SciFact→covid-qa 89%, covid-qa→SciFact
-#                  69%: biomedical questions that SciFact abstracts half answer), false abstention 9.6%;
-#   strict   0.89: abstains on 98.2% of unanswerable, false abstention 31.2%.
-MIN_EVIDENCE: dict[str, float] = {"standard": 0.70, "strict": 0.89}
+# claims against covid-qa, 100 router fact questions against each):
+#   standard 0.68: abstains on 82.2% of unanswerable (router questions 95-98%, SciFact→covid-qa 88%, covid-qa→SciFact
+#                  62%: biomedical questions that SciFact abstracts half answer), false abstention 9.8%;
+#   strict   0.90: abstains on 98.0% of unanswerable, false abstention 34.2%.
+MIN_EVIDENCE: dict[str, float] = {"standard": 0.68, "strict": 0.90}
 
 
 def min_relevance(strictness: Strictness, configured: float | None = None) -> float:

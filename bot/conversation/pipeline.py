@@ -9,6 +9,7 @@ reason, sources, adapter and timings. How a knowledge answer is composed from th
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -107,6 +108,12 @@ class Conversation:
         self.max_message_chars = max_message_chars
         self.top_k = max(top_k or sources_k, 1)  # passages retrieved; the answerer picks which to show
         self.answerer = answerer
+
+    def with_router(self, router: Router | None) -> Conversation:
+        """The same pipeline (memory, generator, store, answerer, limits) deciding routes with another router."""
+        other = copy.copy(self)
+        other.router = router
+        return other
 
     # --- the turn ------------------------------------------------------------------------------
     def stream(

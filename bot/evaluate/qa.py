@@ -440,7 +440,6 @@ def routed_conversation(services: Any, adapter: str | None) -> Any:
         return services.conversation
     from dataclasses import replace
 
-    from bot.conversation import Conversation
     from router import Router, classifier_location, load_routes
 
     settings, base = services.settings, services.conversation
@@ -456,14 +455,4 @@ def routed_conversation(services: Any, adapter: str | None) -> Any:
         min_confidence=settings.router_min_confidence,
         classifier_path=classifier_location(settings.state_dir),
     )
-    return Conversation(
-        services.memory,
-        services.generator,
-        router,
-        services.store,
-        min_score=base.min_score,
-        sources_k=base.sources_k,
-        search_mode=base.search_mode,
-        max_new_tokens=base.max_new_tokens,
-        temperature=base.temperature,
-    )
+    return base.with_router(router)
