@@ -46,16 +46,19 @@ def test_clear_4xx_errors(client):
     body = {"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}
     unknown = client.post("/v1/chat/completions", json=body, headers=AUTH)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
-    too_long = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 201}]},
-                           headers=AUTH)  # fmt: skip
+    too_long = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 201}]}, headers=AUTH
+    )
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "message_too_long"
-    huge = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 5000}]},
-                       headers=AUTH)  # fmt: skip
+    huge = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 5000}]}, headers=AUTH
+    )
     assert huge.status_code == 413
     no_messages = client.post("/v1/chat/completions", json={"messages": []}, headers=AUTH)
     assert no_messages.status_code == 400 and "messages" in no_messages.json()["error"]["message"]
-    not_user = client.post("/v1/chat/completions", json={"messages": [{"role": "assistant", "content": "hi"}]},
-                           headers=AUTH)  # fmt: skip
+    not_user = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "assistant", "content": "hi"}]}, headers=AUTH
+    )
     assert not_user.status_code == 400
 
 
@@ -107,3 +110,73 @@ def test_ui_login_when_users_are_configured(settings, db):
     client = _client(settings, db, ui_users=["ann:secret"])
     assert client.post("/login", data={"username": "ann", "password": "wrong"}).status_code >= 400
     assert client.post("/login", data={"username": "ann", "password": "secret"}).status_code == 200
+
+
+class CountingGenerator(FakeGenerator):
+    """A fake that reports token counts and a cut answer, as a real generator's TokenStream does."""
+
+    def stream(self, messages, **kwargs):
+        from bot.llm.types import StreamStats, TokenStream
+
+        self.calls.append({"messages": messages, **kwargs})
+        stats = StreamStats(prompt_tokens=42, completion_tokens=3, finish_reason="length")
+        return TokenStream(iter(["Answer ", "from ", "[1]"]), stats)
+
+
+@pytest.fixture(scope="module")
+def counting(settings, db):
+    config = settings.model_copy(update={"api_keys": []})
+    memory = MemoryStore(db.pool)
+    generator = CountingGenerator()
+    conversation = Conversation(memory, generator, FakeRouter(), FakeStore())
+    client = TestClient(create_app(Services(config, db, memory, conversation, store=FakeStore())))
+    return client, generator
+
+
+def test_usage_and_finish_reason_are_real(counting):
+    client, generator = counting
+    body = {
+        "model": "knowledge",
+        "messages": [{"role": "user", "content": "How do I train an adapter?"}],
+        "max_tokens": 3,
+        "stop": ["END"],
+        "top_p": 0.5,
+    }
+    reply = client.post("/v1/chat/completions", json=body).json()
+    assert reply["choices"][0]["finish_reason"] == "length"
+    assert reply["usage"] == {"prompt_tokens": 42, "completion_tokens": 3, "total_tokens": 45}
+    assert generator.calls[-1]["stop"] == ["END"] and generator.calls[-1]["top_p"] == 0.5
+    streamed = client.post(
+        "/v1/chat/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 45
+
+
+def test_what_ragtune_cannot_do_is_refused_not_ignored(counting):
+    client, _ = counting
+    ask = [{"role": "user", "content": "hello there"}]
+    for extra in (
+        {"n": 2},
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"logprobs": True},
+        {"response_format": {"type": "json_object"}},
+        {"seed": 7},
+        {"frobnicate": 1},
+    ):
+        response = client.post("/v1/chat/completions", json={"model": "skill", "messages": ask, **extra})
+        assert response.status_code == 400, extra
+        error = response.json()["error"]
+        assert error["code"] == "unsupported_parameter" and error["param"] == next(iter(extra))
+    neutral = {"n": 1, "logprobs": False, "tools": [], "user": "u-1", "response_format": {"type": "text"}}
+    assert client.post("/v1/chat/completions", json={"model": "skill", "messages": ask, **neutral}).status_code == 200
+
+
+def test_one_model_by_id(counting):
+    client, _ = counting
+    route = client.get("/v1/models/knowledge").json()
+    assert route["id"] == "knowledge" and route["object"] == "model" and route["ragtune"] == "route"
+    assert client.get("/v1/models/concise").json()["ragtune"] == "adapter"
+    missing = client.get("/v1/models/gpt-9")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"

@@ -151,7 +151,7 @@ class Conversation:
         turn.timings = {k: round(float(v), 4) for k, v in turn.timings.items()}
         answer = WITHHELD if turn.withheld else guard.text.strip()
         number, notice = self._save(turn, answer)
-        yield turn.done_event(number, answer, notice)
+        yield turn.done_event(number, answer, notice, self._usage(turn, answer), self._finish_reason(turn, guard))
 
     def ask(self, session_id: str, owner: str, message: str, options: TurnOptions | None = None) -> TurnDone:
         """The whole turn at once (CLI scripts, tests)."""
@@ -313,17 +313,49 @@ class Conversation:
         if turn.not_found:
             yield NOT_FOUND
         elif turn.route.action == "knowledge" and self.answerer is not None:
-            yield from self.answerer.pieces(turn, lambda: self._generate(turn.prompt, turn.route.adapter, turn.options))
+            yield from self.answerer.pieces(turn, lambda: self._generate(turn))
         elif turn.sources and self.answerer is not None:  # skill work on documents: held to them like an answer
-            yield from self.answerer.verified(turn, self._generate(turn.prompt, turn.route.adapter, turn.options))
+            yield from self.answerer.verified(turn, self._generate(turn))
         else:
-            yield from self._generate(turn.prompt, turn.route.adapter, turn.options)
+            yield from self._generate(turn)
 
-    def _generate(self, prompt: list[dict[str, str]], adapter: str | None, options: TurnOptions) -> Iterator[str]:
+    def _generate(self, turn: Turn) -> Iterator[str]:
+        options = turn.options
         max_new = options.max_new_tokens or self.max_new_tokens
         temperature = options.temperature if options.temperature is not None else self.temperature
-        messages = self.generator.fit_messages(prompt, max_new)
-        return self.generator.stream(messages, adapter=adapter, max_new_tokens=max_new, temperature=temperature)
+        messages = self.generator.fit_messages(turn.prompt, max_new)
+        extra = {"stop": options.stop} if options.stop else {}
+        if options.top_p is not None:
+            extra["top_p"] = options.top_p
+        stream = self.generator.stream(
+            messages, adapter=turn.route.adapter, max_new_tokens=max_new, temperature=temperature, **extra
+        )
+        turn.generation = getattr(stream, "stats", None)
+        return stream
+
+    def _usage(self, turn: Turn, answer: str) -> dict[str, int]:
+        """Tokens the model read and wrote; an answer it did not generate (a quote, "not found") counts its own
+        tokens as completion and no prompt."""
+        stats = turn.generation
+        if stats is not None:
+            prompt, completion = int(stats.prompt_tokens), int(stats.completion_tokens)
+        else:
+            prompt, completion = 0, self._count_tokens(answer)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _count_tokens(self, text: str) -> int:
+        try:
+            return int(self.generator.count_tokens(text)) if text else 0
+        except Exception:  # a remote server that cannot count: a word count is the honest fallback
+            return len(text.split())
+
+    @staticmethod
+    def _finish_reason(turn: Turn, guard: RepetitionGuard) -> str:
+        """'length' when the token limit cut the answer; 'stop' when it ended, or the pipeline ended it."""
+        stats = turn.generation
+        if stats is None or guard.stopped or turn.withheld:
+            return "stop"
+        return "length" if stats.finish_reason == "length" else "stop"
 
     @staticmethod
     def _guarded(turn: Turn, pieces: Iterator[str], repetition: RepetitionGuard) -> Iterator[str]:

@@ -26,6 +26,8 @@ class TurnOptions:
     collection: str | list[str] | None = None
     max_new_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None  # the answer ends before the first of these (generated answers)
 
 
 @dataclass
@@ -136,6 +138,7 @@ class Turn:
     composed: list[str] = field(default_factory=list)  # the extractive answer's sentences, each with its [n]
     not_found: bool = False
     prompt: list[dict[str, str]] = field(default_factory=list)
+    generation: Any = None  # the generator's StreamStats (token counts, finish reason) when the answer was generated
     db_down: bool = False
     withheld: bool = False  # the answer began to echo a system prompt and was replaced
     notice: str | None = None
@@ -162,7 +165,7 @@ class Turn:
             notice=self.notice,
         )
 
-    def done_event(self, turn: int, answer: str, notice: str | None) -> TurnDone:
+    def done_event(self, turn: int, answer: str, notice: str | None, usage: dict[str, int], finish: str) -> TurnDone:
         c = self.route
         return TurnDone(
             session_id=self.session_id,
@@ -177,6 +180,8 @@ class Turn:
             not_found=self.not_found,
             timings=dict(self.timings),
             notice=notice,
+            usage=usage,
+            finish_reason=finish,
         )
 
 
@@ -217,8 +222,9 @@ class TurnDone:
     sources: list[dict[str, Any]]
     not_found: bool
     timings: dict[str, float] = field(default_factory=dict)
-    finish_reason: str = "stop"
+    finish_reason: str = "stop"  # "length" when the token limit cut the answer
     notice: str | None = None  # set when the database was unreachable: what the user missed and whether it was saved
+    usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens, completion_tokens, total_tokens
 
     def badge(self) -> str:
         return badge_text(self.route, self.confidence, self.reason, self.adapter)

@@ -63,17 +63,71 @@ class ChatMessage(Body):
         return "".join(part.text or "" for part in self.content if part.type == "text")
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+
+
 class ChatRequest(Body):
     model_config = ConfigDict(extra="allow")
 
     model: str = "ragtune"
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    n: int | None = Field(default=None, ge=1)
     session_id: str | None = Field(default=None, pattern=SESSION_ID_PATTERN)
     collection: str | None = Field(default=None, pattern=COLLECTION_NAME_PATTERN)
+
+    def stops(self) -> list[str] | None:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s] or None
+
+
+# OpenAI fields ragtune does not implement: refused with a 400 naming the field, never silently ignored. A field
+# whose value is its OpenAI default (n=1, logprobs=false, response_format text, no tools) asks for nothing and passes.
+NEUTRAL_VALUES: dict[str, tuple] = {
+    "logprobs": (False, None),
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None, True, False),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "seed": (None,),
+    "user": None,  # any value: an end-user label for the provider's abuse monitoring, which ragtune has none of
+    "metadata": None,
+    "store": (None, False),
+}
+
+
+def _refuse_unsupported(body: ChatRequest) -> None:
+    """400 for a request that asks for something ragtune cannot do (see NEUTRAL_VALUES and docs/api.md)."""
+    if body.n not in (None, 1):
+        raise ApiError(400, "n: only one choice per request is supported (n=1)", "unsupported_parameter", "n")
+    format_type = (body.model_extra or {}).get("response_format")
+    if format_type not in (None, {"type": "text"}):
+        raise ApiError(
+            400, "response_format: only plain text answers are supported", "unsupported_parameter", "response_format"
+        )
+    for name, value in (body.model_extra or {}).items():
+        if name == "response_format":
+            continue
+        if name not in NEUTRAL_VALUES:
+            raise ApiError(
+                400, f"{name}: not a parameter ragtune supports (docs/api.md lists them)", "unsupported_parameter", name
+            )
+        allowed = NEUTRAL_VALUES[name]
+        if allowed is not None and value not in allowed:
+            raise ApiError(400, f"{name}: not supported by ragtune (send it unset)", "unsupported_parameter", name)
 
 
 def model_catalogue(services: Services) -> dict[str, TurnOptions]:
@@ -105,14 +159,23 @@ def turn_payload(event: TurnDone | TurnStart) -> dict[str, Any]:
     return data
 
 
+def _model(name: str, options: TurnOptions, created: int) -> dict[str, Any]:
+    kind = "adapter" if options.adapter else "route" if options.route else "auto"
+    return {"id": name, "object": "model", "created": created, "owned_by": "ragtune", "ragtune": kind}
+
+
 @router.get("/v1/models")
 def list_models(services: ServicesDep, _: OwnerDep) -> dict:
     created = int(time.time())
-    data = []
-    for name, options in model_catalogue(services).items():
-        kind = "adapter" if options.adapter else "route" if options.route else "auto"
-        data.append({"id": name, "object": "model", "created": created, "owned_by": "ragtune", "ragtune": kind})
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [_model(n, o, created) for n, o in model_catalogue(services).items()]}
+
+
+@router.get("/v1/models/{model_id}")
+def get_model(model_id: str, services: ServicesDep, _: OwnerDep) -> dict:
+    options = model_catalogue(services).get(model_id)
+    if options is None:
+        raise ApiError(404, f"model {model_id[:100]!r}: unknown (GET /v1/models lists them)", "model_not_found")
+    return _model(model_id, options, int(time.time()))
 
 
 def _check_messages(body: ChatRequest, max_chars: int) -> ChatMessage:
@@ -148,6 +211,7 @@ async def chat_completions(
     catalogue = model_catalogue(services)
     if body.model not in catalogue:
         raise ApiError(404, f"model {body.model!r}: unknown (GET /v1/models lists them)", "model_not_found", "model")
+    _refuse_unsupported(body)
     last = _check_messages(body, services.settings.max_message_chars)
     base = catalogue[body.model]
     scope = await run_in_threadpool(collection_scope, services, owner, body.collection)
@@ -157,6 +221,8 @@ async def chat_completions(
         collection=scope,
         max_new_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stops(),
     )
     session_id, history = await _session(services, owner, body, request)
     events = services.conversation.stream(session_id, owner, last.text(), options, history=history)
@@ -167,7 +233,8 @@ async def chat_completions(
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     headers = {"X-Session-Id": session_id}
     if body.stream:
-        stream = _sse(events, start, completion_id, created, body.model, services.settings)
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        stream = _sse(events, start, completion_id, created, body.model, services.settings, usage)
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
     done = await run_in_threadpool(final_event, events)
     return JSONResponse(_completion(done, completion_id, created, body.model), headers=headers)
@@ -179,26 +246,37 @@ def _completion(done: TurnDone, completion_id: str, created: int, model: str) ->
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": done.answer}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": done.answer}, "finish_reason": done.finish_reason}
+        ],
+        "usage": done.usage,
         "ragtune": turn_payload(done),
     }
 
 
 def _sse(
-    events: Iterator, start: TurnStart, completion_id: str, created: int, model: str, settings: Any
+    events: Iterator,
+    start: TurnStart,
+    completion_id: str,
+    created: int,
+    model: str,
+    settings: Any,
+    include_usage: bool = False,
 ) -> Iterator[str]:
-    """OpenAI's chunk stream; the first chunk carries the route and sources, the last the stored turn."""
+    """OpenAI's chunk stream; the first chunk carries the route and sources, the last the stored turn, then (when
+    asked with stream_options.include_usage) a chunk with no choices and the usage."""
 
-    def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        body = {
+    def chunk(delta: dict | None, finish: str | None = None, extra: dict | None = None, usage: Any = None) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        body: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [choice],
+            "choices": choices,
         }
+        if include_usage:
+            body["usage"] = usage
         if extra:
             body["ragtune"] = extra
         return f"data: {json.dumps(body)}\n\n"
@@ -209,7 +287,9 @@ def _sse(
             if isinstance(event, Token):
                 yield chunk({"content": event.text})
             elif isinstance(event, TurnDone):
-                yield chunk({}, "stop", turn_payload(event))
+                yield chunk({}, event.finish_reason, turn_payload(event))
+                if include_usage:
+                    yield chunk(None, usage=event.usage)
     except Exception as exc:  # headers are sent: report in-band, as OpenAI servers do
         log.error("stream failed: %s", redact("".join(traceback.format_exception(exc)), settings))
         message = f"generation failed ({type(exc).__name__}); see the server log"
