@@ -180,3 +180,27 @@ def test_one_model_by_id(counting):
     assert client.get("/v1/models/concise").json()["ragtune"] == "adapter"
     missing = client.get("/v1/models/gpt-9")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_client_system_message_reaches_the_model_and_its_history_is_stored(counting, db):
+    client, generator = counting
+    body = {
+        "model": "skill",
+        "messages": [
+            {"role": "system", "content": "Answer in the voice of a pirate."},
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Hello Ada."},
+            {"role": "user", "content": "What is my name?"},
+        ],
+    }
+    reply = client.post("/v1/chat/completions", json=body)
+    system = generator.calls[-1]["messages"][0]
+    assert system["role"] == "system" and "Answer in the voice of a pirate." in system["content"]
+    assert any(m["content"] == "Hello Ada." for m in generator.calls[-1]["messages"])
+    session = client.get(f"/v1/sessions/{reply.json()['ragtune']['session_id']}").json()
+    turns = [(m["role"], m["content"]) for m in session["messages"]]
+    assert turns[:2] == [("user", "My name is Ada."), ("assistant", "Hello Ada.")]
+    assert turns[2] == ("user", "What is my name?") and len(turns) == 4
+    long = {**body, "messages": [{"role": "system", "content": "x" * 2001}, body["messages"][-1]]}
+    too_long = client.post("/v1/chat/completions", json=long)
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "message_too_long"

@@ -25,6 +25,7 @@ from bot.conversation.messages import clean_message
 from bot.conversation.prompts import (
     NOT_FOUND,
     WITHHELD,
+    instructions_block,
     knowledge_prompt,
     leaks_system_prompt,
     skill_prompt,
@@ -303,8 +304,9 @@ class Conversation:
 
     @staticmethod
     def _render(template: Any, turn: Turn, **values: str) -> list[dict[str, str]]:
+        extra = summary_block(turn.summary) + instructions_block(turn.options.instructions)
         messages = template.invoke(
-            {"summary": summary_block(turn.summary), "history": _history_messages(turn.recent), **values}
+            {"summary": extra, "history": _history_messages(turn.recent), **values}
         ).to_messages()
         return to_chat_messages(messages)
 

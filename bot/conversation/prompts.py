@@ -42,6 +42,12 @@ def summary_block(summary: str) -> str:
     return f"\nEarlier in this conversation:\n{summary}" if summary.strip() else ""
 
 
+def instructions_block(instructions: str | None) -> str:
+    """A client's system/developer text, after ragtune's own rules (which the data rule above still governs)."""
+    text = (instructions or "").strip()
+    return f"\nThe client's instructions:\n{text}" if text else ""
+
+
 def trim_snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
     text = " ".join(text.split())
     if len(text) <= limit:

@@ -28,6 +28,7 @@ class TurnOptions:
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None  # the answer ends before the first of these (generated answers)
+    instructions: str | None = None  # a client's system/developer text, added to the system prompt (generated answers)
 
 
 @dataclass

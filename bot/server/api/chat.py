@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 AUTO_MODELS = ("ragtune", "auto")
+# Longest system/developer text a client may add to ragtune's own instructions: a prompt that stays short on a small
+# model (about 500 tokens), and room for a persona or a format rule.
+MAX_CLIENT_INSTRUCTIONS_CHARS = 2000
 
 
 class ContentPart(BaseModel):
@@ -193,15 +196,45 @@ def _check_messages(body: ChatRequest, max_chars: int) -> ChatMessage:
     return last
 
 
-async def _session(services: Services, owner: str, body: ChatRequest, request: Request) -> tuple[str, list | None]:
-    """The session to continue (checked), or a new one with the history the client sent."""
+async def _session(services: Services, owner: str, body: ChatRequest, request: Request) -> str:
+    """The session to continue (checked), or a new one holding the conversation the client sent, turn by turn, so
+    that continuing it by id later sees the whole of it."""
     session_id = body.session_id or request.headers.get("x-session-id")
     if session_id:
         await run_in_threadpool(check_session, services, owner, session_id)
-        return session_id, None
+        return session_id
     session_id = await run_in_threadpool(services.memory.create_session, owner, "")
-    history = [{"role": m.role, "content": m.text()} for m in body.messages[:-1] if m.role in ("user", "assistant")]
-    return session_id, history
+    await run_in_threadpool(_store_history, services, owner, session_id, body.messages[:-1])
+    return session_id
+
+
+def _store_history(services: Services, owner: str, session_id: str, messages: list[ChatMessage]) -> None:
+    """The client's earlier user/assistant messages as stored turns (an unanswered question keeps an empty answer)."""
+    question: str | None = None
+    for message in messages:
+        if message.role == "user":
+            if question is not None:
+                services.memory.save_turn(session_id, owner, question, "")
+            question = message.text()
+        elif message.role == "assistant":
+            services.memory.save_turn(session_id, owner, question or "", message.text())
+            question = None
+    if question is not None:
+        services.memory.save_turn(session_id, owner, question, "")
+
+
+def _instructions(body: ChatRequest) -> str | None:
+    """The client's system and developer messages, joined; 400 when longer than ragtune lets them be."""
+    text = "\n".join(m.text().strip() for m in body.messages if m.role in ("system", "developer") and m.text().strip())
+    if len(text) > MAX_CLIENT_INSTRUCTIONS_CHARS:
+        raise ApiError(
+            400,
+            f"system/developer messages: {len(text)} characters, more than the "
+            f"{MAX_CLIENT_INSTRUCTIONS_CHARS} ragtune adds to its instructions",
+            "message_too_long",
+            "messages",
+        )
+    return text or None
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -223,9 +256,10 @@ async def chat_completions(
         temperature=body.temperature,
         top_p=body.top_p,
         stop=body.stops(),
+        instructions=_instructions(body),
     )
-    session_id, history = await _session(services, owner, body, request)
-    events = services.conversation.stream(session_id, owner, last.text(), options, history=history)
+    session_id = await _session(services, owner, body, request)
+    events = services.conversation.stream(session_id, owner, last.text(), options)
     try:  # routing and retrieval run before the response starts, so their errors are proper 4xx
         start = await run_in_threadpool(next, events)
     except ValueError as exc:
