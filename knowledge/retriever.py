@@ -12,6 +12,9 @@ from pydantic import ConfigDict
 
 from knowledge.search_modes import SearchMode
 
+# Fields a caller may override for one call, as `retriever.invoke(query, k=1)`: LangChain passes such keywords on.
+OVERRIDABLE = frozenset({"collection", "k", "mode", "filters", "min_score"})
+
 
 class KnowledgeRetriever(BaseRetriever):
     """Top-k chunks from a `KnowledgeStore`; each Document's metadata carries the `SearchHit` fields."""
@@ -25,11 +28,22 @@ class KnowledgeRetriever(BaseRetriever):
     filters: dict | None = None
     min_score: float = 0.0
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = self.store.search(query, collection=self.collection, k=self.k, mode=self.mode, filters=self.filters)
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **overrides: Any
+    ) -> list[Document]:
+        """Top-k chunks; `invoke(query, k=1)` (or collection, mode, filters, min_score) overrides one call."""
+        unknown = set(overrides) - OVERRIDABLE
+        if unknown:
+            raise TypeError(
+                f"KnowledgeRetriever: unknown search arguments {sorted(unknown)} (use {sorted(OVERRIDABLE)})"
+            )
+        params = {name: overrides.get(name, getattr(self, name)) for name in OVERRIDABLE}
+        hits = self.store.search(
+            query, collection=params["collection"], k=params["k"], mode=params["mode"], filters=params["filters"]
+        )
         documents = []
         for hit in hits:
-            if hit.score < self.min_score:
+            if hit.score < params["min_score"]:
                 continue
             metadata = asdict(hit)
             text = metadata.pop("text")

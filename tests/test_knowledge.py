@@ -317,6 +317,9 @@ def test_langchain_retriever(store: KnowledgeStore, collection: str, tmp_path: P
     assert 1 <= len(documents) <= 2
     assert documents[0].metadata["source"].endswith("notes.txt")
     assert {"score", "page", "heading", "char_start", "chunk_id"} <= set(documents[0].metadata)
+    assert len(retriever.invoke("when does the helpdesk open?", k=1)) == 1  # LangChain's per-call k is honoured
+    with pytest.raises(TypeError, match="unknown search arguments"):
+        retriever.invoke("when does the helpdesk open?", top=3)
 
 
 def test_list_and_delete(store: KnowledgeStore, collection: str, tmp_path: Path) -> None:

@@ -150,3 +150,47 @@ def test_generator_threads_come_from_the_setting_then_omp_then_the_cores(monkeyp
     assert default_threads(None) == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert default_threads(None) == len(os.sched_getaffinity(0))
+
+
+class _StatsGenerator:
+    """A fake generator whose streams report their token counts, as the real backends' TokenStreams do."""
+
+    name = "fake-model"
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def stream(self, messages, **options):
+        from bot.llm.types import StreamStats, TokenStream
+
+        self.calls.append(options)
+        return TokenStream(
+            iter(["Hello", " there"]), StreamStats(prompt_tokens=5, completion_tokens=2, finish_reason="length")
+        )
+
+
+def test_chat_model_speaks_langchains_standard_parameters() -> None:
+    import asyncio
+
+    from langchain_core.messages import HumanMessage
+
+    from bot.llm.chat_model import RagtuneChatModel
+
+    generator = _StatsGenerator()
+    chat = RagtuneChatModel(generator=generator, max_tokens=7, temperature=0.0)
+    params = chat._get_ls_params(stop=["END"])
+    assert params["ls_model_name"] == "fake-model" and params["ls_max_tokens"] == 7 and params["ls_stop"] == ["END"]
+    chunks = list(chat.stream([HumanMessage("hi")]))
+    assert generator.calls[-1]["max_new_tokens"] == 7
+    whole = sum(chunks[1:], chunks[0])  # what LangChain's callers aggregate
+    assert whole.content == "Hello there" and whole.response_metadata["model_name"] == "fake-model"
+    assert whole.usage_metadata == {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}
+
+    async def collect():
+        return [chunk async for chunk in chat.astream([HumanMessage("hi")], max_tokens=3)]
+
+    async_chunks = asyncio.run(collect())
+    assert generator.calls[-1]["max_new_tokens"] == 3
+    merged = sum(async_chunks[1:], async_chunks[0])
+    assert merged.content == "Hello there" and merged.usage_metadata["total_tokens"] == 7
+    assert merged.response_metadata["finish_reason"] == "length"

@@ -17,6 +17,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Chat
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
+from bot.llm.streaming import iterate_in_thread
 from bot.llm.types import Generator, Message
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
@@ -42,6 +43,7 @@ class RagtuneChatModel(BaseChatModel):
     generator: Any = Field(description="A bot.llm Generator (LocalGenerator or RemoteGenerator).")
     adapter: str | None = None
     max_new_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, description="LangChain's standard name for max_new_tokens.")
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None
@@ -54,11 +56,30 @@ class RagtuneChatModel(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"generator": getattr(self.generator, "name", "?"), "adapter": self.adapter}
 
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.generator, "name", "ragtune"))
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        """LangSmith's standard tracing parameters (model name, length, temperature, stop)."""
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "ragtune"
+        params["ls_model_name"] = self.model_name
+        options = self._options(stop, kwargs)
+        if options["max_new_tokens"] is not None:
+            params["ls_max_tokens"] = options["max_new_tokens"]
+        if options["temperature"] is not None:
+            params["ls_temperature"] = options["temperature"]
+        if options["stop"]:
+            params["ls_stop"] = options["stop"]
+        return params
+
     def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         merged_stop = list(self.stop or []) + list(stop or []) + list(kwargs.get("stop") or [])
+        length = kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens or self.max_tokens))
         return {
             "adapter": kwargs.get("adapter", self.adapter),
-            "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
+            "max_new_tokens": length,
             "temperature": kwargs.get("temperature", self.temperature),
             "top_p": kwargs.get("top_p", self.top_p),
             "stop": merged_stop or None,
@@ -112,17 +133,7 @@ class RagtuneChatModel(BaseChatModel):
                 close()
         stats = getattr(pieces, "stats", None)
         if stats is not None:
-            yield ChatGenerationChunk(
-                message=AIMessageChunk(
-                    content="",
-                    response_metadata={"finish_reason": stats.finish_reason, "adapter": options["adapter"]},
-                    usage_metadata={
-                        "input_tokens": stats.prompt_tokens,
-                        "output_tokens": stats.completion_tokens,
-                        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
-                    },
-                )
-            )
+            yield self._last_chunk(stats, options)
 
     async def _astream(
         self,
@@ -132,8 +143,30 @@ class RagtuneChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         options = self._options(stop, kwargs)
-        async for piece in self.generator.astream(to_chat_messages(messages), **options):
+        token_stream = self.generator.stream(to_chat_messages(messages), **options)
+        async for piece in iterate_in_thread(lambda: token_stream):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
+        stats = getattr(token_stream, "stats", None)
+        if stats is not None:
+            yield self._last_chunk(stats, options)
+
+    def _last_chunk(self, stats: Any, options: dict[str, Any]) -> ChatGenerationChunk:
+        """The stream's closing chunk: finish reason, model name and token usage, as LangChain expects them."""
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                response_metadata={
+                    "finish_reason": stats.finish_reason,
+                    "adapter": options["adapter"],
+                    "model_name": self.model_name,
+                },
+                usage_metadata={
+                    "input_tokens": stats.prompt_tokens,
+                    "output_tokens": stats.completion_tokens,
+                    "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+                },
+            )
+        )
