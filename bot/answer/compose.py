@@ -51,7 +51,7 @@ def choose_evidence(evidence: Sequence[Evidence], max_sentences: int = MAX_SENTE
     return sorted(chosen, key=lambda e: (e.hit, e.start if e.start is not None else 0))
 
 
-def shown_sources(hits: Sequence[Any], quoted: set[int], min_score: float, limit: int = MAX_SOURCES) -> list[int]:
+def sources_to_show(hits: Sequence[Any], quoted: set[int], min_score: float, limit: int = MAX_SOURCES) -> list[int]:
     """Hit indices to show: every quoted one, then others that clear `min_score`; by retrieval score."""
     keep = [i for i, hit in enumerate(hits) if i in quoted or float(getattr(hit, "score", 0.0)) >= min_score]
     keep.sort(key=lambda i: (i not in quoted, -float(getattr(hits[i], "score", 0.0)), i))
@@ -65,7 +65,7 @@ def compose_extractive(
     """Quote the chosen evidence with inline citations numbered as the sources will be shown."""
     chosen = choose_evidence(evidence, max_sentences)
     quoted = {e.hit for e in chosen}
-    order = shown_sources(hits, quoted, min_score)
+    order = sources_to_show(hits, quoted, min_score)
     number = {hit: n for n, hit in enumerate(order, start=1)}
     quotes: dict[int, list[Evidence]] = {}
     for e in chosen:

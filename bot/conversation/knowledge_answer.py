@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bot.answer.compose import MAX_SENTENCES, compose_extractive, shown_sources
+from bot.answer.compose import MAX_SENTENCES, compose_extractive
 from bot.answer.evidence import Evidence, EvidenceFinder
 from bot.answer.sentences import split_sentences
 from bot.conversation.prompts import format_sources, knowledge_prompt
@@ -153,4 +153,4 @@ def resolve_mode(setting: str, packaged_small_model: bool) -> AnswerMode:
     return setting  # type: ignore[return-value]
 
 
-__all__ = ["ANSWER_MODES", "AnswerMode", "KnowledgeAnswerer", "resolve_mode", "shown_sources"]
+__all__ = ["ANSWER_MODES", "AnswerMode", "KnowledgeAnswerer", "resolve_mode"]

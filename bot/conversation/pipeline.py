@@ -44,7 +44,6 @@ from bot.conversation.turn import (
     TurnStart,
     final_event,
     public_source,
-    shown_sources,
 )
 from bot.db.connection import is_unavailable
 from bot.llm.chat_model import to_chat_messages
@@ -383,16 +382,7 @@ class Conversation:
     # --- storing -------------------------------------------------------------------------------
     def _save(self, turn: Turn, answer: str) -> tuple[int, str | None]:
         """Store the turn; with the database down, hold it for later (turn 0) and say so in the notice."""
-        c = turn.route
-        record = dict(
-            route=c.route,
-            confidence=c.confidence,
-            reason=c.reason,
-            sources=shown_sources(turn.sources),
-            adapter=c.adapter,
-            timings=turn.timings,
-            action=c.action,
-        )
+        record = turn.record()
         if not turn.db_down:
             try:
                 return self.memory.save_turn(turn.session_id, turn.owner, turn.message, answer, **record), None

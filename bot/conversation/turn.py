@@ -150,6 +150,19 @@ class Turn:
         assert self.choice is not None, "the turn has not been routed yet"
         return self.choice
 
+    def record(self) -> dict[str, Any]:
+        """What the memory stores beside the two texts (save_turn's and defer_turn's keyword arguments)."""
+        c = self.route
+        return {
+            "route": c.route,
+            "confidence": c.confidence,
+            "reason": c.reason,
+            "sources": shown_sources(self.sources),
+            "adapter": c.adapter,
+            "timings": self.timings,
+            "action": c.action,
+        }
+
     def start_event(self) -> TurnStart:
         c = self.route
         return TurnStart(
