@@ -64,7 +64,7 @@ __all__ = ["Conversation", "Event", "Token", "TurnDone", "TurnOptions", "TurnSta
 
 
 def _history_messages(messages: Sequence[Any]) -> list[BaseMessage]:
-    """Stored turns (or a client's history dicts) as the prompt templates' chat history."""
+    """Stored turns (or history dicts) as the prompt templates' chat history."""
     out: list[BaseMessage] = []
     for m in messages:
         role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content)
@@ -122,20 +122,12 @@ class Conversation:
         owner: str,
         message: str,
         options: TurnOptions | None = None,
-        *,
-        history: Sequence[dict] | None = None,
     ) -> Iterator[Event]:
         """Run one turn, yielding events; the turn is persisted when the answer is complete.
 
-        `history` replaces the stored memory for this turn (OpenAI-style clients that send the conversation).
+        A client that sends its own conversation (the OpenAI API) has it stored as the session's turns first.
         """
-        turn = Turn(
-            session_id,
-            owner,
-            clean_message(message, self.max_message_chars),
-            options or TurnOptions(),
-            history=None if history is None else list(history),
-        )
+        turn = Turn(session_id, owner, clean_message(message, self.max_message_chars), options or TurnOptions())
         started = time.perf_counter()
         self._prepare(turn)
         yield turn.start_event()
@@ -172,14 +164,11 @@ class Conversation:
     # --- the steps -----------------------------------------------------------------------------
     def _load_memory(self, turn: Turn) -> None:
         started = time.perf_counter()
-        if turn.history is not None:  # an API caller that sent its own history (stateless client)
-            turn.summary, turn.recent = "", list(turn.history)
-        else:
-            try:
-                context = self.memory.context(turn.session_id, turn.owner)
-                turn.summary, turn.recent = context.summary, context.messages
-            except Exception as exc:
-                self._database_down(turn, exc)
+        try:
+            context = self.memory.context(turn.session_id, turn.owner)
+            turn.summary, turn.recent = context.summary, context.messages
+        except Exception as exc:
+            self._database_down(turn, exc)
         turn.timings["memory_ms"] = (time.perf_counter() - started) * 1000
 
     def _probe(self, turn: Turn) -> None:

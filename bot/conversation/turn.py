@@ -124,9 +124,8 @@ class Turn:
     owner: str
     message: str
     options: TurnOptions
-    history: list[dict[str, Any]] | None = None  # sent by a stateless API client instead of the stored memory
     summary: str = ""
-    recent: list[Any] = field(default_factory=list)  # StoredMessage rows, or the client's history dicts
+    recent: list[Any] = field(default_factory=list)  # StoredMessage rows of the session's recent turns
     message_vector: Any = None
     probe: Probe | None = None
     retrieval_strength: float | None = None
