@@ -3,7 +3,9 @@
 Starts the real app (database, embedder, router, generator) in this process on a free loopback port, runs N
 sessions at once, each with T streamed turns (a knowledge question, then "make that shorter"), under a time
 limit, then checks that no session's stored memory holds another session's turns and that a second API key
-cannot read the first key's sessions. Prints a table and writes bench/results/concurrency.json.
+cannot read the first key's sessions. Runs once per generator backend (llama.cpp, the default, against the
+transformers baseline) on the same database and documents, and reports their ratio. Prints a table and
+writes bench/results/concurrency.json.
 
     .venv/bin/python -m bench.bench_concurrency --sessions 20 --turns 2 --max-tokens 16
 """
@@ -42,11 +44,18 @@ QUESTIONS = [
 KEYS = ["bench-key-a", "bench-key-b"]
 
 
-def start_app(home: Path, port: int, max_tokens: int):
+def start_app(home: Path, port: int, max_tokens: int, backend: str):
     from bot.config import load_settings
     from bot.conversation.services import load_demo_docs
 
-    settings = load_settings(home=home, api_keys=KEYS, chat_max_new_tokens=max_tokens, pool_max_size=30, port=port)
+    settings = load_settings(
+        home=home,
+        api_keys=KEYS,
+        chat_max_new_tokens=max_tokens,
+        pool_max_size=30,
+        port=port,
+        generator_backend=backend,
+    )
     services, server, thread = start_loaded_app(settings, port)
     load_demo_docs(services, REPO / "docs")
     return services, server, thread
@@ -146,51 +155,76 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict:
     }
 
 
+def run_backend(args: argparse.Namespace, home: Path, backend: str) -> dict:
+    port = free_port()
+    services, server, thread = start_app(home, port, args.max_tokens, backend)
+    try:
+        report = asyncio.run(main_async(args, f"http://127.0.0.1:{port}"))
+    finally:
+        stop_app(services, server, thread)
+    report["backend"] = type(services.generator).__name__
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--backends", default="llamacpp,transformers", help="comma-separated; the first is compared")
     parser.add_argument(
-        "--time-limit", type=float, default=180.0, help="Seconds; turns not started by then are skipped."
+        "--time-limit", type=float, default=180.0, help="Seconds per backend; turns not started by then are skipped."
     )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="ragtune-bench-", dir="/tmp"))
     cached = REPO / ".ragtune" / "models"
-    if (cached / "dequantised").is_dir():  # reuse the de-quantised model instead of converting the GGUF again
+    if cached.is_dir():  # reuse the prepared models instead of converting the GGUF again
         (home / "models").symlink_to(cached)
-    port = free_port()
-    services, server, thread = start_app(home, port, args.max_tokens)
+    reports = {}
     try:
-        report = asyncio.run(main_async(args, f"http://127.0.0.1:{port}"))
+        for backend in args.backends.split(","):
+            reports[backend] = run_backend(args, home, backend)
     finally:
-        stop_app(services, server, thread)
         from bot.db import server as pg
 
         pg.stop(home / "pgdata")
         shutil.rmtree(home, ignore_errors=True)
-    report["device"] = "cpu" if services.settings.device != "cuda" else "cuda"
+    names = list(reports)
+    result = {"backends": reports, "load_avg_1min": os.getloadavg()[0]}
+    if len(names) > 1:
+        first, baseline = reports[names[0]], reports[names[-1]]
+        result["throughput_ratio"] = first["turns_per_minute"] / max(baseline["turns_per_minute"], 1e-9)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "concurrency.json").write_text(json.dumps(report, indent=2))
-    rows = [
+    (RESULTS / "concurrency.json").write_text(json.dumps(result, indent=2))
+    rows: list[tuple[str, ...]] = [("", *names)]
+    rows += [
+        ("generator", *(r["backend"] for r in reports.values())),
+        ("sessions x turns", *(f"{r['sessions']} x {r['turns_per_session']}" for r in reports.values())),
+        ("turns done / planned", *(f"{r['turns_done']} / {r['turns_planned']}" for r in reports.values())),
+        ("errors", *(str(r["errors"]) for r in reports.values())),
+        ("TTFT p50 / p95 s", *(f"{r['ttft_p50_s']:.2f} / {r['ttft_p95_s']:.2f}" for r in reports.values())),
+        ("turn p50 / p95 s", *(f"{r['turn_p50_s']:.2f} / {r['turn_p95_s']:.2f}" for r in reports.values())),
+        ("turns/min", *(f"{r['turns_per_minute']:.1f} ({r['wall_s']:.0f} s)" for r in reports.values())),
         (
-            "sessions x turns",
-            f"{report['sessions']} x {report['turns_per_session']} (max_tokens {report['max_tokens']})",
+            "routes",
+            *(", ".join(f"{k}: {v}" for k, v in sorted(r["routes"].items(), key=str)) for r in reports.values()),
         ),
-        ("turns done / planned", f"{report['turns_done']} / {report['turns_planned']}"),
-        ("errors", str(report["errors"])),
-        ("TTFT p50 / p95", f"{report['ttft_p50_s']:.2f} s / {report['ttft_p95_s']:.2f} s"),
-        ("turn p50 / p95", f"{report['turn_p50_s']:.2f} s / {report['turn_p95_s']:.2f} s"),
-        ("throughput", f"{report['turns_per_minute']:.1f} turns/min over {report['wall_s']:.0f} s"),
-        ("routes", ", ".join(f"{k}: {v}" for k, v in sorted(report["routes"].items(), key=str))),
-        ("memory isolation", "ok" if not report["isolation_problems"] else "; ".join(report["isolation_problems"][:3])),
+        (
+            "memory isolation",
+            *(
+                "ok" if not r["isolation_problems"] else "; ".join(r["isolation_problems"][:2])
+                for r in reports.values()
+            ),
+        ),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if "throughput_ratio" in result:
+        print(f"turns/min {names[0]} / {names[-1]}: {result['throughput_ratio']:.2f}x (max_tokens {args.max_tokens})")
     print(f"written: {RESULTS / 'concurrency.json'}")
-    if report["errors"] or report["isolation_problems"]:
+    if any(r["errors"] or r["isolation_problems"] for r in reports.values()):
         raise SystemExit(1)
 
 

@@ -1,8 +1,13 @@
-"""Generation through `bot.llm` against bare `model.generate` (the ceiling) on the same prompt.
+"""The local generator on its two backends, in one run: llama.cpp (the default) against transformers (the baseline).
 
-Measures: tokens/s (greedy, same tokens), time to first token for a 500-token prompt, first start
-(de-quantising the GGUF into an empty cache) and warm start (cached safetensors) in fresh
-processes, and RSS. Run: `.venv/bin/python -m bench.bench_generation [--threads 2] [--new-tokens 128]`.
+Each measurement runs in a fresh process, so start-up and memory are the backend's own:
+- first start (empty model cache: de-quantising or re-quantising the packaged GGUF) and warm start (prepared
+  cache): process start -> generator ready, imports included;
+- decode tokens/s through `Generator.stream` (greedy, 128 tokens, best of N), at the backend's default
+  threads and at 1 thread;
+- the same with one core kept busy by another process (as an upload's embedder or an evaluation does);
+- time to first token for a 500-token prompt; resident memory after load and at peak.
+Run: `.venv/bin/python -m bench.bench_generation [--repeats 3] [--new-tokens 128]`.
 Writes bench/results/generation.json.
 """
 
@@ -11,205 +16,183 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+BACKENDS = ("llamacpp", "transformers")
 LONG_PROMPT_TOKENS = 500
+STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
 FILLER = (
     "The harbour office keeps a log of every ship that enters the bay, with its tonnage, cargo, crew and the "
     "weather at the time of arrival. Inspectors compare the log against customs declarations each week. "
 )
 
-# Phases of one start, from the script's first line to a generator ready for its first request. The
-# transformers import is timed on its own only to show where the time goes: loading imports it anyway.
-START_SCRIPT = """
-import json, sys, time
+# One measurement in a fresh process: argv = home, backend, threads ('' = default), new tokens, repeats, mode.
+CHILD = """
+import json, os, resource, sys, time
 started = time.perf_counter()
-import torch
-torch.set_num_threads({threads})
-torch_done = time.perf_counter()
-from pathlib import Path
-from bot.llm.loading import load_base_model
-from bot.llm.local import LocalGenerator
-imported = time.perf_counter()
-import transformers.modeling_utils
-from transformers import AutoModelForCausalLM, AutoTokenizer
-transformers_done = time.perf_counter()
-loaded = load_base_model("smollm2", Path(sys.argv[1]), device="cpu", dtype="float32")
-LocalGenerator(loaded)
-done = time.perf_counter()
-print(json.dumps({{
-    "torch_import_s": torch_done - started,
-    "imports_s": imported - started,
-    "transformers_import_s": transformers_done - imported,
-    "load_s": done - transformers_done,
-    "ready_s": done - started,
-    "from_cache": loaded.from_cache,
-}}))
+from bot.config import load_settings
+from bot.llm import create_generator
+home, backend, threads, new_tokens, repeats, mode = sys.argv[1:7]
+settings = load_settings(home=home, generator_backend=backend, generator_threads=int(threads) if threads else None)
+generator = create_generator(settings)
+ready = time.perf_counter() - started
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+report = {"ready_s": ready, "generator": type(generator).__name__, "rss_loaded_mb": rss_mb(),
+          "torch_imported": "torch" in sys.modules}
+if mode != "start":
+    story = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+    generator.generate(story, max_new_tokens=4)  # warm-up
+    rates = []
+    for _ in range(int(repeats)):
+        result = generator.generate(story, max_new_tokens=int(new_tokens))
+        rates.append(result.completion_tokens / result.seconds)
+    report["tokens_per_s"] = max(rates)
+    report["tokens_per_s_all"] = rates
+if mode == "full":
+    filler = sys.argv[7]
+    words = filler.split()
+    message = [{"role": "user", "content": ""}]
+    size = 300
+    for _ in range(8):  # grow or shrink the message until its templated prompt is the target length
+        message = [{"role": "user", "content": " ".join((words * 20)[:size])}]
+        actual = len(generator.render(message))
+        if actual == int(sys.argv[8]):
+            break
+        size += int(sys.argv[8]) - actual
+    ttfts = []
+    for _ in range(int(repeats)):
+        stream = generator.stream(message, max_new_tokens=1)
+        for _piece in stream:
+            pass
+        ttfts.append(stream.stats.time_to_first_token_s)
+    report["ttft_s"] = min(ttfts)
+    report["ttft_prompt_tokens"] = len(generator.render(message))
+report["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(report))
 """
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def start_in_fresh_process(cache: Path, threads: int) -> dict:
-    started = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", START_SCRIPT.format(threads=threads), str(cache)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+def child(home: Path, backend: str, threads: str, args: argparse.Namespace, mode: str, busy: bool = False) -> dict:
+    """Run one measurement in a fresh process; with `busy`, another process spins on a core meanwhile."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        started = time.perf_counter()
+        argv = [str(home), backend, threads, str(args.new_tokens), str(args.repeats), mode, FILLER, "500"]
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, *argv],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            check=False,
+        )
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+    if out.returncode != 0:
+        raise RuntimeError(f"{backend} {mode} failed: {out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["process_s"] = time.perf_counter() - started  # also counts interpreter start-up and exit
+    result["process_s"] = time.perf_counter() - started
     return result
 
 
-def long_prompt(generator) -> list[dict[str, str]]:
-    """A user message whose templated prompt is exactly LONG_PROMPT_TOKENS tokens."""
-    tokenizer = generator.tokenizer
-    ids = tokenizer(FILLER * 40, add_special_tokens=False)["input_ids"]
-    overhead = len(generator.render([{"role": "user", "content": ""}]))
-    size = LONG_PROMPT_TOKENS - overhead
-    for _ in range(5):  # decoding and re-encoding can shift the count by a token or two
-        message = [{"role": "user", "content": tokenizer.decode(ids[:size])}]
-        actual = len(generator.render(message))
-        if actual == LONG_PROMPT_TOKENS:
-            break
-        size += LONG_PROMPT_TOKENS - actual
-    return message
+def measure(backend: str, warm_home: Path, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ragtune-bench-") as empty:
+        first = child(Path(empty), backend, "", args, "start")
+    return {
+        "first_start": first,
+        "warm_start": child(warm_home, backend, "", args, "start"),
+        "default_threads": child(warm_home, backend, "", args, "full"),
+        "one_thread": child(warm_home, backend, "1", args, "decode"),
+        "default_threads_one_core_busy": child(warm_home, backend, "", args, "decode", busy=True),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cache", type=Path, default=None, help="warm model cache (default: the state dir's)")
+    parser.add_argument("--home", type=Path, default=None, help="state dir with prepared models (default: ./.ragtune)")
     args = parser.parse_args()
-    if args.cache is None:
+    if args.home is None:
         from bot.config import load_settings
 
-        args.cache = load_settings().model_cache_dir
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        args.home = load_settings().home
+    with tempfile.TemporaryDirectory(prefix="ragtune-bench-home-") as scratch:
+        warm_home = Path(scratch)
+        (warm_home / "models").symlink_to(Path(args.home).resolve() / "models")  # prepared models, no database
+        child(warm_home, BACKENDS[0], "", args, "start")  # prepares the cache if the state dir lacks it
+        results = {backend: measure(backend, warm_home, args) for backend in BACKENDS}
+    report = {"new_tokens": args.new_tokens, "cores": len(os.sched_getaffinity(0)), "backends": results}
+    new, old = (results[b] for b in BACKENDS)
 
-    with tempfile.TemporaryDirectory(prefix="ragtune-bench-") as empty:
-        first = start_in_fresh_process(Path(empty), args.threads)
-        warm = start_in_fresh_process(Path(empty), args.threads)
+    def rate(r: dict, key: str) -> float:
+        return r[key]["tokens_per_s"]
 
-    import torch
-    from transformers import TextIteratorStreamer
-
-    from bot.llm.loading import load_base_model
-    from bot.llm.local import LocalGenerator
-
-    torch.set_num_threads(args.threads)
-    rss_before = rss_mb()
-    loaded = load_base_model("smollm2", args.cache, device="cpu", dtype="float32")
-    generator = LocalGenerator(loaded, max_new_tokens=args.new_tokens, threads=args.threads)
-    rss_loaded = rss_mb()
-    model, eos = loaded.model, sorted(generator.eos_token_ids)
-
-    def bare(ids: torch.Tensor, new: int, min_new: int = 0) -> tuple[float, int]:
-        started = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(ids, max_new_tokens=new, min_new_tokens=min_new, do_sample=False, eos_token_id=eos)
-        return time.perf_counter() - started, out.shape[1] - ids.shape[1]
-
-    def streamer_thread(ids: torch.Tensor, new: int) -> tuple[float, int]:
-        streamer = TextIteratorStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {"max_new_tokens": new, "do_sample": False, "eos_token_id": eos, "streamer": streamer}
-        started = time.perf_counter()
-        worker = threading.Thread(target=lambda: model.generate(ids, **kwargs))
-        worker.start()
-        for _ in streamer:
-            pass
-        worker.join()
-        return time.perf_counter() - started, 0
-
-    # Throughput: a prompt that makes the model talk; greedy, so both paths produce the same tokens.
-    story = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
-    story_ids = torch.tensor([generator.render(story)])
-    generator.generate(story, max_new_tokens=4)  # warm-up
-    runs: dict[str, list[float]] = {"bare": [], "module": [], "streamer": []}
-    tokens = {}
-    for _ in range(args.repeats):  # interleaved, best of N: the cores are shared with other work
-        seconds, tokens["bare"] = bare(story_ids, args.new_tokens)
-        runs["bare"].append(seconds)
-        result = generator.generate(story, max_new_tokens=args.new_tokens)
-        runs["module"].append(result.seconds)
-        tokens["module"] = result.completion_tokens
-        runs["streamer"].append(streamer_thread(story_ids, args.new_tokens)[0])
-    tokens["streamer"] = tokens["bare"]
-    rate = {name: tokens[name] / min(times) for name, times in runs.items()}
-
-    # Time to first token, 500-token prompt.
-    prompt = long_prompt(generator)
-    prompt_ids = torch.tensor([generator.render(prompt)])
-    ttft_bare, ttft_module = [], []
-    for _ in range(args.repeats):
-        ttft_bare.append(bare(prompt_ids, 1, 1)[0])
-        stream = generator.stream(prompt, max_new_tokens=2)
-        next(stream)
-        ttft_module.append(stream.stats.time_to_first_token_s)
-        stream.close()
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    report = {
-        "threads": args.threads,
-        "new_tokens": args.new_tokens,
-        "tokens_generated": tokens,
-        "tokens_per_s": rate,
-        "streaming_overhead_pct": 100 * (1 - rate["module"] / rate["bare"]),
-        "ttft_prompt_tokens": prompt_ids.shape[1],
-        "ttft_s": {"bare": statistics.median(ttft_bare), "module": statistics.median(ttft_module)},
-        "ttft_s_all": {"bare": ttft_bare, "module": ttft_module},
-        "first_start": first,
-        "warm_start": warm,
-        "rss_mb": {"before_load": rss_before, "after_load": rss_loaded, "peak": peak_rss},
-        "load_avg_1min": os.getloadavg()[0],
+    report["ratios"] = {
+        "decode": rate(new, "default_threads") / rate(old, "default_threads"),
+        "warm_start": new["warm_start"]["ready_s"] / old["warm_start"]["ready_s"],
+        "rss_loaded": new["warm_start"]["rss_loaded_mb"] / old["warm_start"]["rss_loaded_mb"],
+        "ttft": new["default_threads"]["ttft_s"] / old["default_threads"]["ttft_s"],
     }
+    for r in results.values():
+        r["busy_over_one_thread"] = rate(r, "default_threads_one_core_busy") / rate(r, "one_thread")
+    report["load_avg_1min"] = os.getloadavg()[0]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "generation.json").write_text(json.dumps(report, indent=2))
 
+    def row(name: str, fmt, ratio: str = "") -> tuple[str, str, str, str]:
+        return (name, fmt(new), fmt(old), ratio)
+
     rows = [
-        ("tokens/s bare model.generate (ceiling)", f"{rate['bare']:.1f}"),
-        ("tokens/s bot.llm stream", f"{rate['module']:.1f}"),
-        ("tokens/s generate + TextIteratorStreamer thread", f"{rate['streamer']:.1f}"),
-        ("streaming overhead vs ceiling (target <= 10%)", f"{report['streaming_overhead_pct']:.1f}%"),
-        (f"TTFT {prompt_ids.shape[1]}-token prompt, bare", f"{report['ttft_s']['bare']:.3f} s"),
-        (f"TTFT {prompt_ids.shape[1]}-token prompt, bot.llm (target <= 0.5 s)", f"{report['ttft_s']['module']:.3f} s"),
-        ("first start: start -> ready (process incl. exit)", f"{first['ready_s']:.1f} s ({first['process_s']:.1f} s)"),
-        (
-            "warm start: start -> ready (target <= 2 s; process incl. exit)",
-            f"{warm['ready_s']:.2f} s ({warm['process_s']:.1f} s)",
+        ("", *BACKENDS, "ratio"),
+        row("generator class", lambda r: r["warm_start"]["generator"]),
+        row(
+            "decode tok/s, default threads",
+            lambda r: f"{rate(r, 'default_threads'):.1f}",
+            f"{report['ratios']['decode']:.1f}x (target >= 4x, >= 80 tok/s)",
         ),
-        (
-            "  warm: torch / transformers import / load + tokenizer",
-            f"{warm['torch_import_s']:.2f} / {warm['transformers_import_s']:.2f} / {warm['load_s']:.2f} s",
+        row("decode tok/s, 1 thread", lambda r: f"{rate(r, 'one_thread'):.1f}"),
+        row("decode tok/s, one core busy", lambda r: f"{rate(r, 'default_threads_one_core_busy'):.1f}"),
+        row("  busy / 1-thread idle (target >= 70%)", lambda r: f"{100 * r['busy_over_one_thread']:.0f}%"),
+        row(
+            f"TTFT {LONG_PROMPT_TOKENS}-token prompt s",
+            lambda r: f"{r['default_threads']['ttft_s']:.3f}",
+            f"{report['ratios']['ttft']:.2f}x",
         ),
-        ("RSS after load / peak", f"{rss_loaded:.0f} / {peak_rss:.0f} MB"),
-        ("threads / 1-min load average", f"{args.threads} / {report['load_avg_1min']:.1f}"),
+        row(
+            "warm start s (target <= 1.5)",
+            lambda r: f"{r['warm_start']['ready_s']:.2f}",
+            f"{report['ratios']['warm_start']:.2f}x",
+        ),
+        row("first start s (empty cache)", lambda r: f"{r['first_start']['ready_s']:.1f}"),
+        row(
+            "RSS after load MB (target <= half)",
+            lambda r: f"{r['warm_start']['rss_loaded_mb']:.0f}",
+            f"{report['ratios']['rss_loaded']:.2f}x",
+        ),
+        row("RSS peak MB (decode + 500-token prompt)", lambda r: f"{r['default_threads']['rss_peak_mb']:.0f}"),
+        row("torch imported", lambda r: str(r["warm_start"]["torch_imported"])),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    print(f"wrote {RESULTS / 'generation.json'}")
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)))
+    print(
+        f"{report['cores']} cores, 1-min load average {report['load_avg_1min']:.1f};",
+        f"wrote {RESULTS / 'generation.json'}",
+    )
 
 
 if __name__ == "__main__":

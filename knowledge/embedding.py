@@ -191,6 +191,16 @@ def _try_onnx(model: str, location: str, device: str, quantize: Quantization, ca
 _SHARED: dict[tuple, Embedder] = {}
 
 
+def _cuda_available() -> bool:
+    """Whether CUDA runs here, asking torch only where an NVIDIA driver is present: importing torch costs ~2 s
+    of every start, and a serving process on the ONNX embedder and llama.cpp otherwise never needs it."""
+    if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def get_embedder(
     model: str = DEFAULT_EMBEDDER,
     device: str = "cpu",
@@ -202,9 +212,7 @@ def get_embedder(
 ) -> Embedder:
     """One loaded embedder per configuration per process: loading takes seconds, so callers share it."""
     if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if _cuda_available() else "cpu"
     if device != "cpu":
         quantize = "none"
     key = (model, device, batch_size, quantize, backend, str(cache_dir))

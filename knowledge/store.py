@@ -8,6 +8,9 @@ is written in its own transaction with a binary COPY. A file that fails leaves t
 Search: dense (HNSW, cosine), keyword (BM25 over Postgres full-text lexemes, see knowledge/keyword.py) or hybrid
 (both candidate lists re-scored exactly and fused, by default a convex combination of normalised cosine and BM25),
 each one SQL statement. Every filter value is a bound parameter; only fixed clause templates are put together.
+
+Texts by key (`put_texts`, `texts_by_source`, `delete_sources`) store LangChain Documents whole, one chunk each, in the
+same tables and transactions; knowledge/langchain_faces.py builds the LangChain VectorStore on them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from knowledge.bulk import DeferredVectorIndex, ensure_vector_index, maintenance
 from knowledge.chunking import Chunk, chunk_document
 from knowledge.embedding import Embedder
 from knowledge.keyword import FUSIONS, Fusion, hybrid_ctes, keyword_ctes
-from knowledge.loaders import RECORD_SUFFIXES, LoadedDocument, LoadError, discover, load_file
+from knowledge.loaders import RECORD_SUFFIXES, LoadedDocument, LoadError, discover, load_file, without_nul
 from knowledge.names import check_collection_name
 from knowledge.search_modes import SEARCH_MODES, SearchMode
 
@@ -45,6 +48,14 @@ _WAVE_CHUNKS = 1024
 # After a bulk load the planner's row estimates are stale until autovacuum gets round to it, and it may then
 # scan every vector instead of using the HNSW index; refreshing them costs well under a second.
 _ANALYZE_AFTER_CHUNKS = 1000
+
+
+# Chunks are written with one binary COPY per transaction (ingest and put_texts).
+_CHUNKS_COPY = (
+    "COPY chunks (document_id, ordinal, text, page, char_start, char_end, heading, metadata, embedding, content_sha256)"
+    " FROM STDIN WITH (FORMAT BINARY)"
+)
+_CHUNKS_COPY_TYPES = ["int8", "int4", "text", "int4", "int4", "int4", "text", "jsonb", "vector", "bytea"]
 
 
 @dataclass
@@ -120,6 +131,36 @@ class _PreparedFile:
         return sum(len(chunks) for _, chunks in self.docs)
 
 
+@dataclass
+class TextRecord:
+    """A text stored as it is, one chunk, under a caller's key (a LangChain Document and its id)."""
+
+    key: str  # stored as the document's source: the id it is read, replaced and deleted by
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class StoredChunk:
+    """A chunk read back by its document's source."""
+
+    source: str
+    text: str
+    metadata: dict  # the document's metadata with the chunk's own on top, as search returns it
+    chunk_id: int
+    ordinal: int
+
+
+def source_name(path: Path, roots: Sequence[Path]) -> str:
+    """The stored and shown form of an ingested file's path: relative to the first folder of `roots` holding it
+    (POSIX separators), else the file's name. The same on every face (API, UI, CLI, LangChain), free of the
+    server's directory layout, and unchanged when the folder moves."""
+    for root in roots:
+        if root != path and path.is_relative_to(root):  # a root that is a file holds only itself
+            return path.relative_to(root).as_posix()
+    return path.name
+
+
 class KnowledgeStore:
     """Collections of documents, chunked and embedded in PostgreSQL, searchable three ways."""
 
@@ -181,8 +222,10 @@ class KnowledgeStore:
     ) -> IngestReport:
         """Add files/folders to a collection. Per-file problems land in `report.failed`; nothing raises for them.
 
-        `source_names` maps a file path to the source name to store instead (uploads arrive under temporary
-        paths; keyed by their own name, a changed upload replaces its earlier version instead of adding a copy).
+        A document's source is its path relative to the folder named in `paths` (a file named directly: its
+        name), the one form every face shows (see `source_name`). `source_names` maps a file path to the source
+        to store instead (uploads arrive under temporary paths; keyed by their own name, a changed upload
+        replaces its earlier version instead of adding a copy).
         """
         started = time.perf_counter()
         if isinstance(paths, str | Path):
@@ -197,6 +240,9 @@ class KnowledgeStore:
         report.failed.extend(problems)
         wave: list[_PreparedFile] = []
         renames = {str(Path(k).resolve()): v for k, v in (source_names or {}).items()}
+        roots = [Path(p).expanduser().resolve() for p in paths]
+        names = {str(f): renames.get(str(f)) or source_name(f, roots) for f in files}
+        self._adopt_legacy_sources(collection, names)
         from tqdm.auto import tqdm
 
         with (
@@ -204,7 +250,7 @@ class KnowledgeStore:
             DeferredVectorIndex(self.pool) as deferred,
         ):
             for path in files:
-                source = renames.get(str(Path(path).resolve()))
+                source = names[str(path)]
                 prepared = self._prepare_or_report(path, collection, chunk_size, chunk_overlap, source, report)
                 if prepared is not None and not prepared.docs:
                     report.unchanged.append(str(path))
@@ -239,6 +285,34 @@ class KnowledgeStore:
                 raise ValueError(
                     f"collection {collection!r} was built with embedding model {row[0]!r}, "
                     f"not {self.embedder.name!r}: use that model or another collection"
+                )
+
+    def _adopt_legacy_sources(self, collection: str, names: Mapping[str, str]) -> None:
+        """Rows stored before sources took their relative form (keyed by the file's absolute path) take the new
+        form, so a changed file still replaces its earlier version instead of being stored a second time."""
+        renamed = {old: new for old, new in names.items() if old != new}
+        if not renamed:
+            return
+        with self.pool.connection() as conn, conn.transaction():
+            legacy = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM documents WHERE collection = %s AND starts_with(source, '/'))",
+                (collection,),
+            ).fetchone()[0]
+            if not legacy:
+                return
+            olds, news = list(renamed), list(renamed.values())
+            conn.execute(
+                "UPDATE documents d SET source = m.new FROM unnest(%s::text[], %s::text[]) AS m(old, new)"
+                " WHERE d.collection = %s AND d.source = m.old",
+                (olds, news, collection),
+            )
+            records = [(old, new) for old, new in renamed.items() if Path(old).suffix.lower() in RECORD_SUFFIXES]
+            if records:  # one document per record, stored as "<path>#<record id>"
+                conn.execute(
+                    "UPDATE documents d SET source = m.new || substr(d.source, length(m.old) + 1)"
+                    " FROM unnest(%s::text[], %s::text[]) AS m(old, new)"
+                    " WHERE d.collection = %s AND starts_with(d.source, m.old || '#')",
+                    ([old for old, _ in records], [new for _, new in records], collection),
                 )
 
     def _prepare_or_report(
@@ -372,14 +446,8 @@ class KnowledgeStore:
                 ),
             ).fetchall()
             ids = {sha: doc_id for doc_id, sha in inserted}
-            with (
-                conn.cursor() as cur,
-                cur.copy(
-                    "COPY chunks (document_id, ordinal, text, page, char_start, char_end, heading, metadata,"
-                    " embedding, content_sha256) FROM STDIN WITH (FORMAT BINARY)"
-                ) as copy,
-            ):
-                copy.set_types(["int8", "int4", "text", "int4", "int4", "int4", "text", "jsonb", "vector", "bytea"])
+            with conn.cursor() as cur, cur.copy(_CHUNKS_COPY) as copy:
+                copy.set_types(_CHUNKS_COPY_TYPES)
                 row = written = 0
                 for doc, chunks in prepared.docs:
                     doc_id = ids.get(doc.sha256)
@@ -484,6 +552,86 @@ class KnowledgeStore:
     def delete_collection(self, name: str) -> bool:
         with self.pool.connection() as conn:
             return conn.execute("DELETE FROM collections WHERE name = %s", (name,)).rowcount > 0
+
+    # ------------------------------------------------------------------ texts by key (the LangChain VectorStore)
+    def put_texts(self, collection: str, records: Sequence[TextRecord]) -> None:
+        """Store each text as a one-chunk document whose source is its key, replacing whatever that key held.
+
+        One transaction for all of them, like one ingested file: the BM25 triggers count the new chunks, vectors of
+        texts this model embedded before are reused, and a failure leaves the collection as it was. A key given
+        twice keeps its last text.
+        """
+        check_collection_name(collection)
+        latest = {record.key: record for record in records}
+        for record in latest.values():
+            if not record.key:
+                raise ValueError("a text's key (its id) must not be empty")
+            if "\x00" in record.key or "\x00" in record.text:
+                raise ValueError(f"text {record.key[:50]!r}: NUL characters cannot be stored")
+        if not latest:
+            return
+        self._ensure_collection(collection)
+        ensure_vector_index(self.pool)
+        keys = list(latest)
+        texts = [latest[key].text for key in keys]
+        hashes = [hashlib.sha256(text.encode("utf-8")).digest() for text in texts]  # Chunk.content_hash, no title
+        vectors = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
+        cached = self._cached_vectors(hashes)
+        todo = [i for i, h in enumerate(hashes) if h not in cached]
+        for i, h in enumerate(hashes):
+            if h in cached:
+                vectors[i] = cached[h]
+        if todo:
+            vectors[todo] = self.embedder.embed_documents([texts[i] for i in todo])
+        if any(without_nul(latest[key].metadata) != latest[key].metadata for key in keys):
+            raise ValueError("metadata: NUL characters cannot be stored")
+        metadata = [json.dumps(latest[key].metadata, default=str, sort_keys=True) for key in keys]
+        # The key is part of the hash: the same text under two keys is two documents, as LangChain expects.
+        shas = [
+            hashlib.sha256(json.dumps([key, text, meta], ensure_ascii=False).encode("utf-8")).hexdigest()
+            for key, text, meta in zip(keys, texts, metadata, strict=True)
+        ]
+        with self.pool.connection() as conn, conn.transaction():
+            with conn.cursor() as cur:  # a lock per key, taken in one order: two writers of a key queue, never deadlock
+                locks = [(f"{collection}|{key}",) for key in sorted(keys)]
+                cur.executemany("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", locks)
+            conn.execute("DELETE FROM documents WHERE collection = %s AND source = ANY(%s)", (collection, keys))
+            inserted = conn.execute(
+                "INSERT INTO documents (collection, source, title, sha256, metadata)"
+                " SELECT %s, s, '', h, m::jsonb FROM unnest(%s::text[], %s::text[], %s::text[]) AS n(s, h, m)"
+                " RETURNING id, source",
+                (collection, keys, shas, metadata),
+            ).fetchall()
+            ids = {source: doc_id for doc_id, source in inserted}
+            with conn.cursor() as cur, cur.copy(_CHUNKS_COPY) as copy:
+                copy.set_types(_CHUNKS_COPY_TYPES)
+                for i, key in enumerate(keys):
+                    row = (ids[key], 0, texts[i], None, 0, len(texts[i]), "", Jsonb({}), vectors[i], hashes[i])
+                    copy.write_row(row)
+
+    def texts_by_source(self, collection: str, sources: Sequence[str]) -> list[StoredChunk]:
+        """The chunks of the documents with these sources, in the order asked and then chunk order; unknown
+        sources are left out."""
+        if not sources:
+            return []
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT d.source, c.text, d.metadata || c.metadata, c.id, c.ordinal"
+                " FROM unnest(%s::text[]) WITH ORDINALITY AS w(source, position)"
+                " JOIN documents d ON d.collection = %s AND d.source = w.source"
+                " JOIN chunks c ON c.document_id = d.id ORDER BY w.position, d.id, c.ordinal",
+                (list(dict.fromkeys(sources)), collection),
+            ).fetchall()
+        return [StoredChunk(*row) for row in rows]
+
+    def delete_sources(self, collection: str, sources: Sequence[str] | None = None) -> int:
+        """Delete the documents with these sources (None: every document; the collection stays); how many went."""
+        with self.pool.connection() as conn:
+            if sources is None:
+                return conn.execute("DELETE FROM documents WHERE collection = %s", (collection,)).rowcount
+            return conn.execute(
+                "DELETE FROM documents WHERE collection = %s AND source = ANY(%s)", (collection, list(sources))
+            ).rowcount
 
     def _analyze(self) -> None:
         with self.pool.connection() as conn:

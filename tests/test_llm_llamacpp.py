@@ -362,7 +362,9 @@ def test_create_generator_picks_llamacpp_and_loads_adapters(adapter_dirs, tmp_pa
         assert "skipping adapter foreign" in caplog.text and "another base model" in caplog.text
         assert (home / "adapters" / "alpha" / GGUF_FILE).is_file()  # converted beside the peft files
         assert built.generate(QUESTION, adapter="alpha").completion_tokens == 3
-        assert built.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+        assert built.name == "smollm2"
+        assert built.model_path.name.endswith(".Q8_0.gguf")  # the default quantization, prepared into the cache
+        assert built.model_path.parent == home / "models" / "gguf"
     finally:
         built.close()
 
@@ -385,7 +387,7 @@ def test_serving_process_never_imports_torch(tmp_path) -> None:
         "import sys\n"
         "from bot.config import load_settings\n"
         "from bot.llm import create_generator\n"
-        f"settings = load_settings(home={str(tmp_path)!r}, generator_backend='llamacpp', generator_threads=1)\n"
+        f"settings = load_settings(home={str(tmp_path)!r}, generator_quantization='as-packaged')\n"
         "g = create_generator(settings)\n"
         "assert type(g).__name__ == 'LlamaCppGenerator'\n"
         "assert g.generate([{'role': 'user', 'content': 'Hi'}], max_new_tokens=2).completion_tokens == 2\n"
@@ -396,3 +398,29 @@ def test_serving_process_never_imports_torch(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_new_adapter_is_hot_loaded_into_the_running_generator(model_path, adapter_dirs, tmp_path) -> None:
+    """A folder renamed into the adapters dir (as `ragtune train` does) is served within seconds, no restart."""
+    from bot.llm.adapter_watch import AdapterWatcher
+
+    root = tmp_path / "adapters"
+    root.mkdir()
+    plain = LlamaCppGenerator(model_path, max_new_tokens=NEW, threads=1, parallel=2, cache_prompt=False)
+    watcher = AdapterWatcher(plain, root, interval=0.2).start()
+    try:
+        before = plain.generate(QUESTION).text
+        shutil.copytree(adapter_dirs["gamma"], tmp_path / "staging")
+        (tmp_path / "staging").rename(root / "gamma")
+        deadline = time.monotonic() + 30
+        while "gamma" not in plain.adapters() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert plain.adapters() == ["gamma"]
+        assert plain.generate(QUESTION, adapter="gamma").text != before
+        assert plain.generate(QUESTION).text == before
+        shutil.copytree(adapter_dirs["foreign"], root / "foreign")  # does not fit: skipped, the rest keeps serving
+        time.sleep(1.0)
+        assert plain.adapters() == ["gamma"]
+    finally:
+        watcher.stop()
+        plain.close()

@@ -79,7 +79,12 @@ def generator(adapter_sources: dict[str, Path]) -> Iterator[LocalGenerator]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two OpenMP threads spin-wait badly when the two cores are shared with others
     settings = load_settings(
-        home=LLM_HOME, device="cpu", generator_dtype="float32", max_new_tokens=NEW, generator_threads=1
+        home=LLM_HOME,
+        generator_backend="transformers",
+        device="cpu",
+        generator_dtype="float32",
+        max_new_tokens=NEW,
+        generator_threads=1,
     )
     built = create_generator(settings)
     assert isinstance(built, LocalGenerator)

@@ -194,3 +194,50 @@ def test_chat_model_speaks_langchains_standard_parameters() -> None:
     merged = sum(async_chunks[1:], async_chunks[0])
     assert merged.content == "Hello there" and merged.usage_metadata["total_tokens"] == 7
     assert merged.response_metadata["finish_reason"] == "length"
+
+
+class _ListGenerator:
+    """Records what the watcher loads; refuses names starting with 'bad' as a foreign adapter would be."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self.loads: list[tuple[str, bool]] = []
+
+    def adapters(self) -> list[str]:
+        return sorted(self.names)
+
+    def load_adapter(self, name: str, path, *, replace: bool = False) -> None:
+        self.loads.append((name, replace))
+        if name.startswith("bad"):
+            raise ValueError("built on another base model")
+        if name not in self.names:
+            self.names.append(name)
+
+
+def _write_adapter(directory, weights: bytes = b"w") -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "adapter_config.json").write_text("{}")
+    (directory / "adapter_model.safetensors").write_bytes(weights)
+
+
+def test_adapter_watcher_loads_new_and_changed_adapters_once(tmp_path, caplog) -> None:
+    import logging
+
+    from bot.llm.adapter_watch import AdapterWatcher
+
+    _write_adapter(tmp_path / "old")
+    generator = _ListGenerator(["old"])
+    watcher = AdapterWatcher(generator, tmp_path)
+    assert watcher.scan() == []  # what was there at start is not loaded again
+    _write_adapter(tmp_path / "new")
+    (tmp_path / "notes").mkdir()  # no adapter_config.json: not an adapter
+    assert watcher.scan() == ["new"]
+    assert watcher.scan() == []
+    _write_adapter(tmp_path / "old", b"retrained weights")
+    assert watcher.scan() == ["old"]
+    assert generator.loads == [("new", True), ("old", True)]
+    _write_adapter(tmp_path / "bad-one")
+    with caplog.at_level(logging.WARNING, logger="bot.llm.adapter_watch"):
+        assert watcher.scan() == []
+        assert watcher.scan() == []  # not retried, not warned again, until its files change
+    assert caplog.text.count("bad-one") == 1

@@ -36,8 +36,11 @@ class Services:
     router: Any = None
     embedder: Any = None
     load_seconds: dict[str, float] = field(default_factory=dict)
+    adapter_watcher: Any = None
 
     def close(self) -> None:
+        if self.adapter_watcher is not None:
+            self.adapter_watcher.stop()
         self.db.close()
 
 
@@ -101,8 +104,13 @@ def build_services(settings: Settings, *, db: Database | None = None) -> Service
         top_k=settings.top_k,
         answerer=knowledge_answerer(settings, embedder),
     )
+    watcher = None
+    if not settings.openai_base_url:  # a remote server loads adapters from its own disk
+        from bot.llm.adapter_watch import AdapterWatcher
+
+        watcher = AdapterWatcher(generator, settings.adapters_dir).start()
     log.info("services ready: %s", ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-    return Services(settings, db, memory, conversation, store, generator, router, embedder, timings)
+    return Services(settings, db, memory, conversation, store, generator, router, embedder, timings, watcher)
 
 
 def _build_router(settings: Settings, embedder: Any, generator: Any) -> Any:

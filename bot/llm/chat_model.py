@@ -47,6 +47,7 @@ class RagtuneChatModel(BaseChatModel):
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None
+    streaming: bool = Field(default=False, description="invoke() streams underneath, so callbacks see each token.")
 
     @property
     def _llm_type(self) -> str:
@@ -64,8 +65,8 @@ class RagtuneChatModel(BaseChatModel):
         """LangSmith's standard tracing parameters (model name, length, temperature, stop)."""
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "ragtune"
-        params["ls_model_name"] = self.model_name
-        options = self._options(stop, kwargs)
+        params["ls_model_name"] = kwargs.get("model") or self.model_name
+        options = self._options(stop, {name: value for name, value in kwargs.items() if name != "model"})
         if options["max_new_tokens"] is not None:
             params["ls_max_tokens"] = options["max_new_tokens"]
         if options["temperature"] is not None:
@@ -75,6 +76,13 @@ class RagtuneChatModel(BaseChatModel):
         return params
 
     def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The generator's arguments for one call. A per-call `model` other than the generator's is refused: one
+        model answers (pick a LoRA skill with `adapter=`), and a silently ignored override would mislabel traces."""
+        requested = kwargs.get("model")
+        if requested not in (None, self.model_name):
+            raise ValueError(
+                f"model {requested!r}: this chat model runs {self.model_name!r} only (choose a skill with adapter=)"
+            )
         merged_stop = list(self.stop or []) + list(stop or []) + list(kwargs.get("stop") or [])
         length = kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens or self.max_tokens))
         return {
@@ -158,6 +166,7 @@ class RagtuneChatModel(BaseChatModel):
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
+                chunk_position="last",
                 response_metadata={
                     "finish_reason": stats.finish_reason,
                     "adapter": options["adapter"],

@@ -111,8 +111,7 @@ def list_documents(services: ServicesDep, owner: OwnerDep, collection: str | Non
     if isinstance(scope, list):
         docs = [d for d in docs if d.collection in scope]
     data = [
-        {"id": d.id, "collection": d.collection, "title": d.title, "source": Path(d.source).name, "chunks": d.chunks}
-        for d in docs
+        {"id": d.id, "collection": d.collection, "title": d.title, "source": d.source, "chunks": d.chunks} for d in docs
     ]
     return {"data": data}
 
@@ -148,7 +147,7 @@ def search(body: SearchRequest, services: ServicesDep, owner: OwnerDep) -> dict:
                 "collection": h.collection,
                 "document_id": h.document_id,
                 "title": h.title,
-                "source": Path(h.source).name,
+                "source": h.source,
                 "page": h.page,
                 "heading": h.heading,
                 "text": h.text,
