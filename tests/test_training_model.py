@@ -82,6 +82,19 @@ def test_labels_cover_exactly_the_assistant_replies_and_end_token(tokenizer) -> 
     assert decoded == ["Hello! How can I help?<|im_end|>", "Refund {{Order Number}} started.<|im_end|>"]
 
 
+def test_a_reply_of_weight_zero_is_context_not_learned(tokenizer) -> None:
+    messages = [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How can I help?", "weight": 0},
+        {"role": "user", "content": "Refund please"},
+        {"role": "assistant", "content": "Refund {{Order Number}} started."},
+    ]
+    encoded = encode_example(tokenizer, Example(messages, line=1))
+    learned = [token for token, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(learned) == "Refund {{Order Number}} started.<|im_end|>"
+    assert "Hello! How can I help?" in tokenizer.decode(encoded.input_ids)  # still read as context
+
+
 def test_overlong_examples_are_reported_by_line(tokenizer) -> None:
     examples = _examples() + [
         Example([{"role": "user", "content": "q"}, {"role": "assistant", "content": "w " * 300}], 9)
@@ -140,14 +153,14 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path: Path) -> None:
         if step == 2:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C after step 2: step 2 is checkpointed (TrainingInterrupted)
         train_lora(base.model, base.tokenizer, encoded, [], config, checkpoint_dir=checkpoints, progress=False,
                    on_step=crash)  # fmt: skip
-    assert (checkpoints / "step-1" / "state.json").is_file()
+    assert (checkpoints / "step-2" / "state.json").is_file()
     seen: list[int] = []
     _model, result = train_lora(_fresh_base().model, base.tokenizer, encoded, [], config, checkpoint_dir=checkpoints,
                                 resume=True, progress=False, on_step=lambda s, _l: seen.append(s))  # fmt: skip
-    assert seen == [2, 3] and result.steps == 3 and len(result.history) == 3
+    assert seen == [3] and result.steps == 3 and len(result.history) == 3
     assert not checkpoints.exists()  # cleaned up after a finished run
 
 

@@ -1,7 +1,8 @@
 """Read a user's training data into chat conversations, with every bad row named by its line number.
 
 Three shapes are accepted, because that is what people have lying around:
-- chat JSONL: `{"messages": [{"role": ..., "content": ...}, ...]}` (the OpenAI / TRL format);
+- chat JSONL: `{"messages": [{"role": ..., "content": ...}, ...]}` (the OpenAI / TRL format; an assistant message
+  with `"weight": 0` is context only, as in OpenAI's fine-tuning format: the model sees it but does not learn it);
 - prompt/completion JSONL: `{"prompt": ..., "completion": ...}`;
 - CSV or JSONL with a column mapping (`input_col` -> user turn, `output_col` -> assistant reply).
 Everything is checked here, before a model is loaded, so a typo in a column name costs a second, not a minute.
@@ -79,7 +80,9 @@ def _check_messages(messages: Any, max_chars: int | None) -> str | None:
             return f"message {position} ({role}) has no text 'content'"
         if role == "assistant" and not content.strip():
             return f"message {position} is an empty assistant reply"
-    if not any(m["role"] == "assistant" for m in messages):
+        if "weight" in message and (role != "assistant" or message["weight"] not in (0, 1)):
+            return f"message {position} ({role}) has weight {message['weight']!r} (only assistant replies, 0 or 1)"
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
         return "no assistant reply to learn from"
     if not any(m["role"] == "user" for m in messages):
         return "no user message"
@@ -91,7 +94,11 @@ def _check_messages(messages: Any, max_chars: int | None) -> str | None:
 
 
 def _with_system(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    # `weight: 0` (OpenAI's fine-tuning format) marks a reply that is context only: shown, never learned.
+    clean = [
+        {"role": m["role"], "content": m["content"], **({"weight": 0} if m.get("weight") == 0 else {})}
+        for m in messages
+    ]
     if system_prompt and clean[0]["role"] != "system":
         clean.insert(0, {"role": "system", "content": system_prompt})
     return clean

@@ -30,7 +30,8 @@ class EncodedExample:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]  # no `weight`: it is ours, not the model's
+    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def end_of_turn_token(tokenizer: Any) -> str:
@@ -42,12 +43,12 @@ def end_of_turn_token(tokenizer: Any) -> str:
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the [start, end) character spans of each assistant reply + end token."""
+    """The rendered conversation and the [start, end) character spans of each learned assistant reply + end token."""
     text = _render(tokenizer, messages, generation_prompt=False)
     end_token = end_of_turn_token(tokenizer)
     spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:  # weight 0: context, not learned
             continue
         before = _render(tokenizer, messages[:index], generation_prompt=True)
         through = _render(tokenizer, messages[: index + 1], generation_prompt=False)

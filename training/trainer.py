@@ -6,7 +6,9 @@ What it does that matters for speed and quality:
   so gradient accumulation gives the same gradient as one big batch;
 - eval loss on a held-out split before training, every `eval_every` steps and at the end, with early stopping
   that restores the best weights;
-- checkpoints (adapter, optimizer, scheduler, step) every `checkpoint_every` steps, resumable.
+- checkpoints (adapter, optimizer, scheduler, step) every `checkpoint_every` steps, resumable;
+- Ctrl-C saves a checkpoint of the last finished step and raises `TrainingInterrupted` (a KeyboardInterrupt) naming
+  it, so an hour of training is never lost to one keystroke; the weight update itself is never cut in half.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import logging
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -103,6 +107,15 @@ class TrainState:
         if (path / BEST_FILE).is_file():
             state.best_weights = load_file(str(path / BEST_FILE))
         return state
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the run stopped after `step` of `total_steps`; `checkpoint` holds it (None when there
+    was nothing to save: no finished step, or no checkpoint directory)."""
+
+    def __init__(self, step: int, total_steps: int, checkpoint: Path | None) -> None:
+        super().__init__(f"training interrupted at step {step} of {total_steps}")
+        self.step, self.total_steps, self.checkpoint = step, total_steps, checkpoint
 
 
 @dataclass
@@ -371,38 +384,84 @@ def _train_steps(
 
     config, stopped_early, trained_tokens = run.config, False, 0
     run.model.train()
-    shown = {"desc": "training", "unit": "step", "disable": not progress, "dynamic_ncols": True}
-    bar = tqdm(total=run.total_steps, initial=state.step, **shown)
-    while state.step < run.total_steps:
-        micro = [collate([train[i] for i in next(batches)], run.pad_id) for _ in range(config.grad_accum)]
-        state.consumed_batches += config.grad_accum
-        loss, tokens = _optimizer_step(run, micro)
-        trained_tokens += tokens
-        state.step += 1
-        record: dict[str, float] = {"step": state.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0]}
-        bar.set_postfix(loss=f"{loss:.3f}")
-        bar.update(1)
-        if on_step:
-            on_step(state.step, loss)
-        if evaluation and (state.step % config.eval_every == 0 or state.step == run.total_steps):
-            stopped_early = _evaluate(run, state, evaluation, record)
-            bar.set_postfix(loss=f"{loss:.3f}", eval=f"{record['eval_loss']:.3f}")
-        state.history.append(record)
-        last = state.step >= run.total_steps or stopped_early
-        if checkpoint_dir and state.step % config.checkpoint_every == 0 and not last:
-            _save_checkpoint(checkpoint_dir, run, state)
-        if stopped_early:
-            break
+    bar = tqdm(total=run.total_steps, initial=state.step, disable=not progress, **PROGRESS)
+    try:
+        while state.step < run.total_steps:
+            micro = [collate([train[i] for i in next(batches)], run.pad_id) for _ in range(config.grad_accum)]
+            loss, tokens = _backward(run, micro)  # Ctrl-C here loses only this step's gradients
+            with _interrupts_deferred():  # the update and its bookkeeping happen whole or not at all
+                _update(run)
+                state.step += 1
+                state.consumed_batches += config.grad_accum
+            trained_tokens += tokens
+            record: dict[str, float] = {"step": state.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0]}
+            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update(1)
+            if evaluation and (state.step % config.eval_every == 0 or state.step == run.total_steps):
+                stopped_early = _evaluate(run, state, evaluation, record)
+                bar.set_postfix(loss=f"{loss:.3f}", eval=f"{record['eval_loss']:.3f}")
+            state.history.append(record)
+            if on_step:
+                on_step(state.step, loss)
+            last = state.step >= run.total_steps or stopped_early
+            if checkpoint_dir and state.step % config.checkpoint_every == 0 and not last:
+                _save_checkpoint(checkpoint_dir, run, state)
+            if stopped_early:
+                break
+    except KeyboardInterrupt:
+        bar.close()
+        raise _interrupted(run, state, checkpoint_dir) from None
     bar.close()
     return trained_tokens, stopped_early
 
 
-def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> tuple[float, int]:
-    """One optimizer step over `grad_accum` micro-batches; returns (summed loss, tokens incl. prompt tokens).
+# The progress line: steps done, elapsed, ETA and speed, said in words (tqdm's default shows "1.2s/step" or
+# "<00:30" without saying which is which).
+PROGRESS = {
+    "desc": "training",
+    "unit": " steps",
+    "dynamic_ncols": True,
+    "bar_format": "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
+    "[{elapsed} elapsed, ETA {remaining}, {rate_noinv_fmt}{postfix}]",
+}
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block is done, then deliver it as the previous
+    handler would have. Only the main thread receives signals; elsewhere (or under a non-Python handler) it is a
+    plain block."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(signal.SIGINT, None)
+
+
+def _interrupted(run: _Run, state: TrainState, checkpoint_dir: Path | None) -> TrainingInterrupted:
+    """Checkpoint the last finished step (unless that step is already saved) so `resume` continues from it."""
+    checkpoint = None
+    if checkpoint_dir is not None and state.step > 0:
+        run.optimizer.zero_grad(set_to_none=True)  # a half-done step's gradients: not part of any step
+        checkpoint = checkpoint_dir / f"step-{state.step}"
+        if not (checkpoint / STATE_FILE).is_file():
+            _save_checkpoint(checkpoint_dir, run, state)
+    log.warning("training interrupted at step %d of %d", state.step, run.total_steps)
+    return TrainingInterrupted(state.step, run.total_steps, checkpoint)
+
+
+def _backward(run: _Run, micro: list[dict[str, Any]]) -> tuple[float, int]:
+    """Gradients of one optimizer step over `grad_accum` micro-batches; returns (summed loss, tokens incl. prompt
+    tokens). Nothing but the gradients changes, so an interrupted call leaves the run as it was.
 
     The loss is divided by the assistant tokens of the whole step, so accumulation equals one big batch."""
-    import torch
-
     step_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
     loss_total, tokens = 0.0, 0
     for batch in micro:
@@ -412,11 +471,17 @@ def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> tuple[float, int]
             out = run.model(**batch, num_items_in_batch=step_tokens)
         out.loss.backward()
         loss_total += float(out.loss.detach())
+    return loss_total, tokens
+
+
+def _update(run: _Run) -> None:
+    """Apply the gradients: clip, optimizer and scheduler step, clear."""
+    import torch
+
     torch.nn.utils.clip_grad_norm_(run.params, 1.0)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_total, tokens
 
 
 def _evaluate(run: _Run, state: TrainState, evaluation: list[EncodedExample], record: dict[str, float]) -> bool:

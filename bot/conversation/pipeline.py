@@ -48,6 +48,7 @@ from bot.conversation.turn import (
 from bot.db.connection import is_unavailable
 from bot.llm.chat_model import to_chat_messages
 from bot.llm.types import Generator
+from bot.logs import log_turn
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,9 @@ class Conversation:
         turn.timings = {k: round(float(v), 4) for k, v in turn.timings.items()}
         answer = WITHHELD if turn.withheld else guard.text.strip()
         number, notice = self._save(turn, answer)
-        yield turn.done_event(number, answer, notice, self._usage(turn, answer), self._finish_reason(turn, guard))
+        done = turn.done_event(number, answer, notice, self._usage(turn, answer), self._finish_reason(turn, guard))
+        log_turn(done)  # the operator's one line per turn (API, chat UI and terminal alike)
+        yield done
 
     def ask(self, session_id: str, owner: str, message: str, options: TurnOptions | None = None) -> TurnDone:
         """The whole turn at once (CLI scripts, tests)."""
@@ -219,15 +222,28 @@ class Conversation:
         turn.timings["route_ms"] = (time.perf_counter() - started) * 1000
 
     def _forced_choice(self, options: TurnOptions) -> RouteChoice | None:
-        """The choice the caller forced with an adapter or a route name; None leaves it to the router."""
+        """The choice the caller forced with an adapter or a route name; None leaves it to the router.
+
+        A structured (JSON) answer is written by the model, so it goes to a skill route: a knowledge answer
+        quotes the documents sentence by sentence and cannot take the shape of a schema.
+        """
+        structured = options.response_format is not None
         if options.adapter:
             if options.adapter not in self.adapters():
                 names = ", ".join(sorted(self.adapters())) or "none"
                 raise ValueError(f"adapter {options.adapter!r}: unknown (known: {names})")
             return RouteChoice.forced("skill", "skill", "adapter chosen by the user", adapter=options.adapter)
         if not options.route:
-            return None
+            return (
+                RouteChoice.forced("skill", "skill", "structured output is written by the model")
+                if structured
+                else None
+            )
         spec = self._route_spec(options.route)
+        if structured and (spec.action if spec else options.route) == "knowledge":
+            raise ValueError(
+                f"route {options.route!r} answers by quoting the documents; response_format needs a skill route or auto"
+            )
         if spec is None and options.route in ("knowledge", "skill"):
             return RouteChoice.forced(options.route, options.route, "route chosen by the user")
         if spec is None:
@@ -302,6 +318,8 @@ class Conversation:
     def _answer_pieces(self, turn: Turn) -> Iterator[str]:
         if turn.not_found:
             yield NOT_FOUND
+        elif turn.options.response_format is not None:  # JSON is not prose: no quoting, no sentence checks
+            yield from self._generate(turn)
         elif turn.route.action == "knowledge" and self.answerer is not None:
             yield from self.answerer.pieces(turn, lambda: self._generate(turn))
         elif turn.sources and self.answerer is not None:  # skill work on documents: held to them like an answer
@@ -317,6 +335,8 @@ class Conversation:
         extra = {"stop": options.stop} if options.stop else {}
         if options.top_p is not None:
             extra["top_p"] = options.top_p
+        if options.response_format is not None:
+            extra["response_format"] = options.response_format
         stream = self.generator.stream(
             messages, adapter=turn.route.adapter, max_new_tokens=max_new, temperature=temperature, **extra
         )

@@ -7,7 +7,8 @@ views of it. One shape from entry to storage, so a reader can follow a message w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ class TurnOptions:
     top_p: float | None = None
     stop: list[str] | None = None  # the answer ends before the first of these (generated answers)
     instructions: str | None = None  # a client's system/developer text, added to the system prompt (generated answers)
+    response_format: dict | None = None  # OpenAI json_object / json_schema: a generated answer constrained to it
 
 
 @dataclass
@@ -240,7 +242,7 @@ class TurnDone:
     usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens, completion_tokens, total_tokens
 
     def badge(self) -> str:
-        return badge_text(self.route, self.confidence, self.reason, self.adapter)
+        return badge_for(self).label
 
 
 Event = TurnStart | Token | TurnDone
@@ -257,6 +259,145 @@ def final_event(events: Iterable[Event]) -> TurnDone:
     return done
 
 
-def badge_text(route: str, confidence: float, reason: str, adapter: str | None = None) -> str:
-    with_adapter = f" · adapter {adapter}" if adapter else ""
-    return f"{route}{with_adapter} · {confidence:.0%} · {reason}"
+@dataclass(frozen=True)
+class Badge:
+    """What a reader sees above an answer: a plain label, a kind for its colour, and the details behind it."""
+
+    label: str  # "From your documents · 3 sources", "Written by support-tone", "Not in your documents"
+    kind: Literal["knowledge", "skill", "notfound", "degraded"]
+    details: str  # the route, how sure the router was and why, in words: for a tooltip or an expandable part
+
+
+def badge_for(turn: Mapping[str, Any] | Any) -> Badge:
+    """The badge of a turn: a `TurnStart`/`TurnDone`, or a mapping with their fields (a stored answer)."""
+
+    def get(name: str, default: Any = None) -> Any:
+        value = turn.get(name, default) if isinstance(turn, Mapping) else getattr(turn, name, default)
+        return default if value is None else value
+
+    return make_badge(
+        route=get("route", "?"),
+        action=get("action", "knowledge"),
+        confidence=float(get("confidence", 0.0)),
+        reason=get("reason", ""),
+        adapter=get("adapter"),
+        sources=len(get("sources", [])),
+        not_found=bool(get("not_found", False)),
+        notice=get("notice"),
+        fallback=bool(get("fallback", False)),
+    )
+
+
+def make_badge(
+    *,
+    route: str,
+    action: str,
+    confidence: float,
+    reason: str = "",
+    adapter: str | None = None,
+    sources: int = 0,
+    not_found: bool = False,
+    notice: str | None = None,
+    fallback: bool = False,
+) -> Badge:
+    """Plain words first ("From your documents · 3 sources"); the route, confidence and reason go to the details."""
+    counted = f"{sources} source{'' if sources == 1 else 's'}"
+    if notice:
+        label, kind = "Without your documents", "degraded"
+    elif not_found:
+        label, kind = "Not in your documents", "notfound"
+    elif action == "knowledge":
+        label, kind = ("From your documents · " + counted if sources else "From your documents"), "knowledge"
+    else:
+        written = f"Written by {adapter}" if adapter else "Written by the model"
+        label, kind = (f"{written} · {counted}" if sources else written), "skill"
+    details = badge_details(route, confidence, reason, notice=notice, fallback=fallback, not_found=not_found)
+    return Badge(label, kind, details)
+
+
+def badge_details(
+    route: str,
+    confidence: float,
+    reason: str,
+    *,
+    notice: str | None = None,
+    fallback: bool = False,
+    not_found: bool = False,
+) -> str:
+    """The route, how sure the router was, and its reason in words (no scores, log-odds or nearest examples)."""
+    if notice:  # the database is down: that is the whole story of this answer
+        return notice[:1].upper() + notice[1:] + "."
+    notes = plain_reason(reason)
+    if not_found:  # how sure the router was of the route is beside the point: the documents did not answer
+        kept = [n for n in notes if not n.startswith(("your documents match", "the router was unsure"))]
+        return " ".join(
+            [f"Route {route} searched your documents; no passage answers it closely enough."]
+            + [n[:1].upper() + n[1:] + "." for n in kept]
+        )
+    chosen_by_user = any(n.endswith("chosen by the user") for n in notes)
+    if chosen_by_user:
+        head = f"Route {route}, chosen by you."
+        notes = [n for n in notes if not n.endswith("chosen by the user")]
+    elif fallback or any(n.startswith("the router was unsure") for n in notes):
+        head = f"Route {route}: the router was unsure ({confidence:.0%}), so the default route answered."
+        notes = [n for n in notes if not n.startswith("the router was unsure")]
+    else:
+        head = f"Route {route}, chosen by the router ({confidence:.0%} sure)."
+    return " ".join([head] + [n[:1].upper() + n[1:] + "." for n in notes])
+
+
+_NOTE_SPLIT = re.compile(r"\.\s+|;\s+(?=asks to rework|a short follow-up|retrieval strength)")
+_SHIFT = re.compile(r"by ([+-]?\d+(?:\.\d+)?) log-odds")
+_NOT_LOADED = re.compile(r"\(adapter (\S+) not loaded: base model\)")
+
+
+def plain_reason(reason: str) -> list[str]:
+    """The router's reason as short sentences a user can read: its scores, log-odds and nearest examples left out."""
+    notes: list[str] = []
+    for part in _NOTE_SPLIT.split(reason.split("nearest examples:", 1)[0]):
+        part = part.strip().rstrip(".").strip()
+        if not part or part.startswith(("example similarity", "the nearest route is unknown")):
+            continue
+        if part.startswith("low confidence"):
+            notes.append("the router was unsure")
+        elif " with confidence " in part and " by " in part:
+            continue  # "knowledge with confidence 0.96 by similarity [knowledge 0.96, skill 0.04]": the head says it
+        elif part.startswith("retrieval strength"):
+            shift = _SHIFT.search(part)
+            value = float(shift.group(1)) if shift else 0.0
+            if abs(value) >= 0.05:
+                notes.append(f"your documents match this message {'well' if value > 0 else 'poorly'}")
+        elif part.startswith("asks to rework"):
+            notes.append("it asks to rework the previous answer")
+        elif part.startswith("a short follow-up"):
+            notes.append("a short follow-up, so it stays with the previous turn's route")
+        else:
+            notes.append(_NOT_LOADED.sub("", part).strip())
+    missing = _NOT_LOADED.search(reason)
+    if missing:
+        notes.append(f"adapter {missing.group(1)} is not loaded, so the base model answered")
+    return [n for n in notes if n]
+
+
+def badge_text(
+    route: str,
+    confidence: float,
+    reason: str,
+    adapter: str | None = None,
+    *,
+    action: str = "knowledge",
+    sources: int = 0,
+    not_found: bool = False,
+    notice: str | None = None,
+) -> str:
+    """The badge's plain label (see `make_badge`)."""
+    return make_badge(
+        route=route,
+        action=action,
+        confidence=confidence,
+        reason=reason,
+        adapter=adapter,
+        sources=sources,
+        not_found=not_found,
+        notice=notice,
+    ).label

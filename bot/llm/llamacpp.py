@@ -29,6 +29,7 @@ How the pieces map onto llama.cpp:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import secrets
@@ -51,6 +52,23 @@ from bot.llm.types import Message, StreamStats, TokenStream
 log = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL = 4  # slots; llama.cpp's own server default (`-np auto`)
+
+# Requests being generated, as (cancel flag, worker thread). At interpreter exit a daemon thread still inside
+# llama.cpp would be torn down in C++ code ("FATAL: exception not rethrown", an abort), so they are cancelled
+# and joined first.
+_RUNNING: set[tuple[threading.Event, threading.Thread]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+@atexit.register
+def _finish_running_requests(timeout_s: float = 5.0) -> None:
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for cancel, _ in running:
+        cancel.set()
+    deadline = time.monotonic() + timeout_s
+    for _, worker in running:
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class LlamaCppUnavailable(RuntimeError):
@@ -80,6 +98,8 @@ class _Runtime:
 
 class LlamaCppGenerator(FitsByRendering, FromStream):
     """Streams chat completions from a GGUF model through in-process llama.cpp, with per-request LoRA adapters."""
+
+    structured_output = True  # llama.cpp turns a response_format (JSON object or schema) into a sampling grammar
 
     def __init__(
         self,
@@ -280,6 +300,7 @@ class LlamaCppGenerator(FitsByRendering, FromStream):
         top_p: float | None = None,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> TokenStream:
         """Text pieces as they are generated. Bad arguments raise here, before any model work.
 
@@ -316,6 +337,8 @@ class LlamaCppGenerator(FitsByRendering, FromStream):
         }
         if seed is not None:
             request["seed"] = seed
+        if response_format is not None:  # OpenAI's form; llama.cpp compiles it to a grammar (bad schemas: its error)
+            request["response_format"] = response_format
         prompt_tokens = counted.get(len(fitted)) or len(self.render(fitted))
         stats = StreamStats(prompt_tokens=prompt_tokens, adapter=adapter)
         return TokenStream(self._pieces(runtime, request, stats), stats)
@@ -340,6 +363,8 @@ class LlamaCppGenerator(FitsByRendering, FromStream):
         stats.finish_reason = "length"
         pieces = 0
         worker = threading.Thread(target=run, name="ragtune-llamacpp", daemon=True)
+        with _RUNNING_LOCK:
+            _RUNNING.add((cancel, worker))
         worker.start()
         try:
             while True:
@@ -369,6 +394,8 @@ class LlamaCppGenerator(FitsByRendering, FromStream):
                         yield text
         finally:
             cancel.set()
+            with _RUNNING_LOCK:
+                _RUNNING.discard((cancel, worker))
             stats.seconds = time.perf_counter() - started
 
     def close(self) -> None:

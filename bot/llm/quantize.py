@@ -81,7 +81,7 @@ def requantize(source: Path, quantization: str, cache_dir: Path) -> Path:
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
-    log.info("wrote %s (%.0f MB)", target.name, target.stat().st_size / 1e6)
+    log.debug("wrote %s (%.0f MB)", target.name, target.stat().st_size / 1e6)
     return target
 
 

@@ -135,6 +135,10 @@ class FromStream:
     `astream` reads the pieces in a worker thread, so the event loop stays free while a model decodes.
     """
 
+    # Whether `stream` takes `response_format` (OpenAI's json_object / json_schema) and constrains its output to
+    # it; a backend that cannot must say no, so the API refuses the field instead of returning free text.
+    structured_output: bool = False
+
     def stream(self, messages: Any, **options: Any) -> Any:  # pragma: no cover - each backend has its own
         raise NotImplementedError
 

@@ -88,6 +88,7 @@ class TokenStream(Iterator[str]):
 @runtime_checkable
 class Generator(Protocol):
     name: str
+    structured_output: bool  # `stream(..., response_format=...)` is honoured (see FromStream)
 
     def stream(
         self,

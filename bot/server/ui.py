@@ -19,12 +19,16 @@ from typing import Any
 
 import gradio as gr
 
-from bot.conversation import Token, TurnDone, TurnOptions, TurnStart, badge_text
+from bot.answer.sentences import strip_markdown
+from bot.conversation import NOT_FOUND, Token, TurnDone, TurnOptions, TurnStart
 from bot.conversation.messages import MessageError, clean_message
+from bot.conversation.pipeline import DB_NOTICE
 from bot.conversation.services import Services
+from bot.conversation.turn import badge_for
 from bot.memory import SessionNotFound, StoredMessage
 from bot.server.auth import may_use_collection, readable_collections, redact, ui_owner
 from bot.server.uploads import UploadRefused, ingest_uploads, upload_collection
+from knowledge.loaders import without_nul
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +36,41 @@ AUTO = "auto (router decides)"
 ALL_COLLECTIONS = "all collections"
 
 CSS = """
-.rt-badge {display:inline-block;padding:1px 8px;border-radius:10px;font-size:0.8em;margin-bottom:4px;
+.rt-badge {display:inline-block;padding:1px 8px;border-radius:10px;font-size:0.8em;margin-bottom:4px;cursor:pointer;
   background:#e8eefc;color:#1d3a8a;border:1px solid #b9c8f2}
 .rt-badge.rt-skill {background:#eaf7ee;color:#17623a;border-color:#b5e0c4}
 .rt-badge.rt-notfound {background:#fdf1e6;color:#8a4b12;border-color:#f0cfa9}
+.rt-badge.rt-degraded {background:#f4f4f5;color:#52525b;border-color:#d4d4d8}
+.rt-badge summary {list-style:none;display:inline}
+.rt-badge summary::-webkit-details-marker {display:none}
+.rt-badge summary::after {content:"i";display:inline-block;width:1.2em;height:1.2em;line-height:1.15em;
+  margin-left:5px;border-radius:50%;border:1px solid currentColor;text-align:center;font-size:0.8em;
+  font-style:italic;font-family:serif;opacity:0.7}
+.rt-badge[open] {display:block;max-width:46em;border-radius:8px;padding:4px 10px}
+.rt-badge .rt-details {display:block;margin-top:3px;font-size:0.95em;opacity:0.9}
+#rt-files .file-preview .file {flex-wrap:wrap}
+#rt-files .filename {display:block;flex-basis:100%;overflow:visible;font-size:0}
+#rt-files .filename .stem, #rt-files .filename .ext {display:inline;white-space:normal;overflow-wrap:anywhere;
+  font-size:var(--text-md, 14px)}
+#rt-files .download {width:auto;min-width:0;text-align:left}
+#rt-notice {color:#8a4b12}
+#rt-notice:empty {display:none}
 """
 
 
-def badge_html(route: str, action: str, confidence: float, reason: str, adapter: str | None, not_found: bool) -> str:
-    """The route badge; the router's full reason is stored with the turn, the badge shows its first clause."""
-    kind = "rt-notfound" if not_found else f"rt-{action}"
-    text = html.escape(badge_text(route, confidence or 0.0, short_reason(reason or ""), adapter))
+def badge_html(meta: dict[str, Any] | Any) -> str:
+    """The badge above an answer: plain words ("From your documents · 3 sources"). The route, how sure the router
+    was and why show on hover (`title`) and when the badge is clicked open. `meta` is a TurnStart/TurnDone or a
+    stored answer's fields."""
+    badge = badge_for(meta)
+    route = (meta.get("route") if isinstance(meta, dict) else getattr(meta, "route", None)) or "?"
     route_class = "rt-route-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in route)
-    return f'<span class="rt-badge {kind} {route_class}">{text}</span>'
-
-
-def short_reason(reason: str, limit: int = 110) -> str:
-    first = reason.split(". ", 1)[0].strip()
-    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
+    details = html.escape(badge.details, quote=True)
+    return (
+        f'<details class="rt-badge rt-{badge.kind} {route_class}" title="{details}">'
+        f"<summary>{html.escape(badge.label)}</summary>"
+        f'<span class="rt-details">{details}</span></details>'
+    )
 
 
 _MARKDOWN = re.compile(r"([\\`*_#\[\]<>|~])")
@@ -66,22 +87,14 @@ def sources_markdown(sources: list[dict[str, Any]]) -> str:
         page = f", page {s['page']}" if s.get("page") else ""
         title = plain(s.get("title") or s.get("source") or "document")
         quoted = " … ".join(q["text"] for q in s.get("quotes") or [])
-        snippet = plain(quoted or s.get("snippet", ""))
+        snippet = plain(" ".join(strip_markdown(quoted or s.get("snippet", "")).split()))
         lines.append(f"**\\[{s['n']}\\] {title}**{page} · score {s.get('score', 0):.2f}  \n> {snippet}")
     return "\n\n".join(lines)
 
 
 def answer_messages(answer: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """An answer as chat messages: badge + text, then a collapsed 'Sources' box when there are sources."""
-    badge = badge_html(
-        meta["route"],
-        meta.get("action") or "knowledge",
-        meta.get("confidence") or 0.0,
-        meta.get("reason") or "",
-        meta.get("adapter"),
-        meta.get("not_found", False),
-    )
-    out = [{"role": "assistant", "content": f"{badge}\n\n{answer}"}]
+    out = [{"role": "assistant", "content": f"{badge_html(meta)}\n\n{answer}"}]
     if meta.get("sources"):
         out.append(
             {
@@ -106,14 +119,16 @@ def history_from_memory(messages: list[StoredMessage]) -> list[dict[str, Any]]:
             chat.append({"role": "user", "content": m.content})
         elif m.role == "assistant":
             action = m.action or _guessed_action(m)
+            reason = m.reason or ""
             meta = {
                 "route": m.route or "?",
                 "action": action,
                 "confidence": m.confidence,
-                "reason": m.reason,
+                "reason": reason,
                 "adapter": m.adapter,
                 "sources": m.sources,
-                "not_found": False,
+                "not_found": action == "knowledge" and not m.sources and m.content.strip() == NOT_FOUND,
+                "notice": DB_NOTICE if reason.startswith(DB_NOTICE) else None,
             }
             chat.extend(answer_messages(m.content, meta))
     return chat
@@ -167,23 +182,41 @@ class ChatHandlers:
             gr.Warning("That conversation no longer exists.")
             return None, []
 
+    def ask_delete(self, session_id: str | None):
+        """Delete asks first: it shows the confirmation row (or says there is nothing to delete)."""
+        if not session_id:
+            gr.Info("Open a conversation first: there is nothing to delete.")
+        return gr.update(visible=bool(session_id))
+
     def delete(self, session_id: str | None, request: gr.Request):
         owner = self.owner_of(request)
         if session_id:
             with contextlib.suppress(SessionNotFound):
                 self.memory.delete_session(session_id, owner)
-        return None, [], gr.update(choices=self.session_choices(owner), value=None)
+        return None, [], gr.update(choices=self.session_choices(owner), value=None), gr.update(visible=False)
+
+    def length_notice(self, length: int) -> str:
+        limit = self.settings.max_message_chars
+        return (
+            f"⚠ Your message is {length:,} characters long; the limit is {limit:,}. "
+            "Nothing was sent and nothing was cut: shorten it, then send it again."
+        )
 
     def respond(
         self, message: str, session_id: str | None, adapter: str, collection: str, chat: list, request: gr.Request
     ) -> Iterator[tuple]:
+        """Outputs: the chat, the message box, the session, the session list, the notice under the box."""
         owner = self.owner_of(request)
         try:
             message = clean_message(message, self.settings.max_message_chars)
         except MessageError as exc:
-            if exc.code != "empty_message":
+            notice = ""
+            if exc.code == "message_too_long":  # kept in the box as typed: the user decides what to cut
+                notice = self.length_notice(len((message or "").strip()))
+                gr.Warning(notice.lstrip("⚠ "))
+            elif exc.code != "empty_message":
                 gr.Warning(f"{exc}.")
-            yield chat, "" if exc.code == "empty_message" else message, session_id, gr.update()
+            yield chat, "" if exc.code == "empty_message" else message, session_id, gr.update(), notice
             return
         session_id = session_id or self.memory.create_session(owner)
         wanted = None if collection in (None, ALL_COLLECTIONS) else collection
@@ -192,12 +225,13 @@ class ChatHandlers:
             scope = readable_collections(owner, wanted, listed, self.settings)
         except LookupError:
             gr.Warning(f"Collection {wanted!r} not found.")
-            yield chat, message, session_id, gr.update()
+            yield chat, message, session_id, gr.update(), ""
             return
         options = TurnOptions(adapter=None if adapter in (None, AUTO) else adapter, collection=scope)
         chat = [*chat, {"role": "user", "content": message}]
-        yield chat, "", session_id, gr.update()
-        yield from self._answer(chat, message, session_id, owner, options)
+        yield chat, "", session_id, gr.update(), ""
+        for update in self._answer(chat, message, session_id, owner, options):
+            yield (*update, gr.update())
 
     def _answer(self, chat: list, message: str, session_id: str, owner: str, options: TurnOptions) -> Iterator[tuple]:
         """The turn's events as chat updates: the badge and sources first, then the text as it streams."""
@@ -220,6 +254,10 @@ class ChatHandlers:
             log.error("turn failed: %s", redact("".join(traceback.format_exception(exc)), self.settings))
             raise gr.Error(f"The answer failed ({type(exc).__name__}); see the server log.") from None
 
+    def upload_target(self, collection: str | None) -> str:
+        """Uploads go where the chat reads: the picked collection, or the default one while it reads them all."""
+        return self.settings.default_collection if collection in (None, "", ALL_COLLECTIONS) else collection
+
     def upload(self, files: list | None, collection: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
         if not files:
             return "Choose one or more files first."
@@ -230,21 +268,26 @@ class ChatHandlers:
         lines = []
         for i, file in enumerate(progress.tqdm(files, desc="ingesting")):
             path = Path(file if isinstance(file, str) else file.name)
+            shown = plain(path.name)
             try:  # Gradio's temp folder differs per upload: the file's own name is its source
                 report = ingest_uploads(self.services, name, {path: path.name})
             except ValueError as exc:
-                lines.append(f"- {path.name}: error: {exc}")
+                lines.append(f"- {shown}: error: {plain(str(exc))}")
                 continue
             if report.failed:
-                lines.extend(f"- {file_name}: error: {reason}" for file_name, reason in report.failed)
+                lines.extend(f"- {plain(file_name)}: error: {plain(reason)}" for file_name, reason in report.failed)
             else:
                 state = "added" if report.added else "replaced" if report.replaced else "unchanged"
-                lines.append(f"- {path.name}: {state}, {report.chunks} chunks")
+                lines.append(f"- {shown}: {state}, {report.chunks} chunk{'' if report.chunks == 1 else 's'}")
             log.info("upload %d/%d into %s", i + 1, len(files), name)
-        return f"Collection **{name}**:\n" + "\n".join(lines)
+        return f"Collection **{plain(name)}**:\n" + "\n".join(lines)
 
-    def refresh_collections(self, request: gr.Request):
-        return gr.update(choices=self.collection_choices(self.owner_of(request)))
+    def refresh_collections(self, target: str | None, current: str | None, request: gr.Request):
+        """The collection list after an upload; the chat moves to the upload's collection when it read another one."""
+        choices = self.collection_choices(self.owner_of(request))
+        name = without_nul(target or "").strip() or self.settings.default_collection
+        value = current if current in (None, ALL_COLLECTIONS) or name not in choices else name
+        return gr.update(choices=choices, value=value if value in choices else ALL_COLLECTIONS)
 
 
 @dataclass
@@ -255,6 +298,9 @@ class Page:
     sessions: Any
     new_button: Any
     delete_button: Any
+    confirm_row: Any
+    confirm_delete: Any
+    cancel_delete: Any
     adapter: Any
     collection: Any
     files: Any
@@ -264,6 +310,7 @@ class Page:
     chatbot: Any
     box: Any
     send: Any
+    notice: Any
 
 
 def _layout(settings: Any) -> Page:
@@ -275,16 +322,28 @@ def _layout(settings: Any) -> Page:
             sessions = gr.Radio(label="Conversations", choices=[], elem_id="rt-sessions")
             with gr.Row():
                 new_button = gr.Button("New", size="sm", elem_id="rt-new")
-                delete_button = gr.Button("Delete", size="sm", variant="stop", elem_id="rt-delete")
+                delete_button = gr.Button("Delete", size="sm", variant="secondary", elem_id="rt-delete")
+            with gr.Column(visible=False, elem_id="rt-confirm-delete") as confirm_row:
+                gr.Markdown("**Delete this conversation?** It cannot be undone.")
+                with gr.Row():
+                    cancel_delete = gr.Button("Cancel", size="sm", elem_id="rt-delete-no")
+                    confirm_delete = gr.Button("Delete it", size="sm", variant="stop", elem_id="rt-delete-yes")
             adapter = gr.Dropdown(label="Adapter", choices=[AUTO], value=AUTO, elem_id="rt-adapter")
             collection = gr.Dropdown(
                 label="Collection", choices=[ALL_COLLECTIONS], value=ALL_COLLECTIONS, elem_id="rt-collection"
             )
-            with gr.Accordion("Add documents", open=False):
-                files = gr.File(file_count="multiple", label="Files (pdf, docx, md, txt, html, csv, jsonl)")
-                target = gr.Textbox(label="Into collection", value=settings.default_collection)
-                upload_button = gr.Button("Upload", size="sm")
-                upload_status = gr.Markdown()
+            with gr.Accordion("Add documents", open=False, elem_id="rt-add-documents"):
+                files = gr.File(
+                    file_count="multiple", label="Files (pdf, docx, md, txt, html, csv, jsonl)", elem_id="rt-files"
+                )
+                target = gr.Textbox(
+                    label="Into collection",
+                    value=settings.default_collection,
+                    info="Follows the Collection picked above; type a new name to start a collection.",
+                    elem_id="rt-target",
+                )
+                upload_button = gr.Button("Upload", size="sm", elem_id="rt-upload")
+                upload_status = gr.Markdown(elem_id="rt-upload-status")
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(
                 label="Chat",
@@ -294,19 +353,18 @@ def _layout(settings: Any) -> Page:
                 placeholder="Ask about your documents, or ask for a rewrite.",
             )
             with gr.Row():
-                box = gr.Textbox(
-                    placeholder="Message",
-                    show_label=False,
-                    scale=8,
-                    elem_id="rt-input",
-                    max_length=settings.max_message_chars,
-                )
+                # No max_length: a browser cap would cut a pasted text without a word; the notice below says instead.
+                box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="rt-input")
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="rt-send")
+            notice = gr.Markdown(elem_id="rt-notice")
     return Page(
         session_state,
         sessions,
         new_button,
         delete_button,
+        confirm_row,
+        confirm_delete,
+        cancel_delete,
         adapter,
         collection,
         files,
@@ -316,6 +374,16 @@ def _layout(settings: Any) -> Page:
         chatbot,
         box,
         send,
+        notice,
+    )
+
+
+def _live_length_check(limit: int) -> str:
+    """Browser-side: the notice under the box appears while the text is over the limit, before anything is sent."""
+    return (
+        "(text) => { const n = (text || '').trim().length; "
+        f"return n > {limit} ? '⚠ Your message is ' + n.toLocaleString('en') + ' characters long; the limit is "
+        f"{limit:,}. Shorten it before sending.' : ''; }}"
     )
 
 
@@ -325,16 +393,22 @@ def build_ui(services: Services) -> gr.Blocks:
     with gr.Blocks(title="ragtune", fill_height=True) as demo:
         page = _layout(services.settings)
         demo.load(handlers.on_load, None, [page.sessions, page.adapter, page.collection])
-        outputs = [page.chatbot, page.box, page.session_state, page.sessions]
+        outputs = [page.chatbot, page.box, page.session_state, page.sessions, page.notice]
         inputs = [page.box, page.session_state, page.adapter, page.collection, page.chatbot]
         page.send.click(handlers.respond, inputs, outputs)
         page.box.submit(handlers.respond, inputs, outputs)
-        page.new_button.click(handlers.new_session, None, [page.session_state, page.chatbot, page.sessions])
-        page.delete_button.click(
-            handlers.delete, [page.session_state], [page.session_state, page.chatbot, page.sessions]
+        page.box.change(
+            None, [page.box], [page.notice], js=_live_length_check(services.settings.max_message_chars), queue=False
         )
+        page.new_button.click(handlers.new_session, None, [page.session_state, page.chatbot, page.sessions])
+        page.delete_button.click(handlers.ask_delete, [page.session_state], [page.confirm_row])
+        page.confirm_delete.click(
+            handlers.delete, [page.session_state], [page.session_state, page.chatbot, page.sessions, page.confirm_row]
+        )
+        page.cancel_delete.click(lambda: gr.update(visible=False), None, [page.confirm_row])
         page.sessions.input(handlers.resume, [page.sessions], [page.session_state, page.chatbot])
+        page.collection.change(handlers.upload_target, [page.collection], [page.target])
         page.upload_button.click(handlers.upload, [page.files, page.target], [page.upload_status]).then(
-            handlers.refresh_collections, None, [page.collection]
+            handlers.refresh_collections, [page.target, page.collection], [page.collection]
         )
     return demo

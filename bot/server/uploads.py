@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bot.conversation.services import Services
 from bot.server.auth import may_use_collection
@@ -53,17 +54,24 @@ def upload_collection(services: Services, owner: str, requested: str | None) -> 
 def ingest_uploads(services: Services, collection: str, files: Mapping[Path, str]) -> UploadReport:
     """Ingest `files` (path on disk → the name the user gave it) into `collection`.
 
-    ValueError (from the store) when the collection cannot take them, e.g. it was built with another embedder.
+    ValueError (from the store) when the collection cannot take them, e.g. it was built with another embedder. A
+    collection this upload created stays only if a document went into it: a failed upload leaves no empty name in
+    the pickers.
     """
     settings = services.settings
     names = {str(path): name for path, name in files.items()}
-    report = services.store.ingest(
-        list(names),
-        collection=collection,
-        chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
-        source_names=names,
-    )
+    created = not collection_exists(services.store.pool, collection)
+    try:
+        report = services.store.ingest(
+            list(names),
+            collection=collection,
+            chunk_size=settings.chunk_size,
+            chunk_overlap=settings.chunk_overlap,
+            source_names=names,
+        )
+    finally:
+        if created:
+            drop_if_empty(services.store.pool, collection)
 
     resolved = {str(Path(path).resolve()): name for path, name in names.items()}
 
@@ -79,3 +87,19 @@ def ingest_uploads(services: Services, collection: str, files: Mapping[Path, str
         chunks=report.chunks,
         seconds=report.seconds,
     )
+
+
+def collection_exists(pool: Any, name: str) -> bool:
+    with pool.connection() as conn:
+        return conn.execute("SELECT 1 FROM collections WHERE name = %s", (name,)).fetchone() is not None
+
+
+def drop_if_empty(pool: Any, name: str) -> bool:
+    """Delete collection `name` if it holds no document, in one statement (a document written meanwhile keeps it)."""
+    with pool.connection() as conn:
+        deleted = conn.execute(
+            "DELETE FROM collections c WHERE c.name = %s"
+            " AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.collection = c.name)",
+            (name,),
+        ).rowcount
+    return deleted > 0

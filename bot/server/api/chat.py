@@ -116,11 +116,6 @@ def _refuse_unsupported(body: ChatRequest) -> None:
     """400 for a request that asks for something ragtune cannot do (see NEUTRAL_VALUES and docs/api.md)."""
     if body.n not in (None, 1):
         raise ApiError(400, "n: only one choice per request is supported (n=1)", "unsupported_parameter", "n")
-    format_type = (body.model_extra or {}).get("response_format")
-    if format_type not in (None, {"type": "text"}):
-        raise ApiError(
-            400, "response_format: only plain text answers are supported", "unsupported_parameter", "response_format"
-        )
     for name, value in (body.model_extra or {}).items():
         if name == "response_format":
             continue
@@ -131,6 +126,31 @@ def _refuse_unsupported(body: ChatRequest) -> None:
         allowed = NEUTRAL_VALUES[name]
         if allowed is not None and value not in allowed:
             raise ApiError(400, f"{name}: not supported by ragtune (send it unset)", "unsupported_parameter", name)
+
+
+def _response_format(body: ChatRequest, generator: Any) -> dict | None:
+    """The JSON shape the answer must take, or None for text. Honoured where the generator constrains its output
+    (llama.cpp compiles it to a grammar); elsewhere a 400, never free text under a JSON promise."""
+    value = (body.model_extra or {}).get("response_format")
+    if value in (None, {"type": "text"}):
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in ("json_object", "json_schema"):
+        raise ApiError(
+            400, "response_format: type must be text, json_object or json_schema", "invalid_request", "response_format"
+        )
+    if kind == "json_schema" and not isinstance((value.get("json_schema") or {}).get("schema"), dict):
+        raise ApiError(
+            400, "response_format: json_schema needs a json_schema.schema object", "invalid_request", "response_format"
+        )
+    if not getattr(generator, "structured_output", False):
+        raise ApiError(
+            400,
+            "response_format: this generator cannot constrain its output (the llama.cpp backend can)",
+            "unsupported_parameter",
+            "response_format",
+        )
+    return value
 
 
 def model_catalogue(services: Services) -> dict[str, TurnOptions]:
@@ -257,6 +277,7 @@ async def chat_completions(
         top_p=body.top_p,
         stop=body.stops(),
         instructions=_instructions(body),
+        response_format=_response_format(body, services.generator),
     )
     session_id = await _session(services, owner, body, request)
     events = services.conversation.stream(session_id, owner, last.text(), options)
