@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from knowledge.cpu_share import generation_running
 from knowledge.onnx_export import MODEL_FILES, OnnxVariant, ensure_onnx_export
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ class OnnxEncoder:
         }
         self._level = levels[optimization]
         self.session = self._session(self.threads)
+        self._query_threads = query_threads
         self.query_session = (
             self.session if not query_threads or query_threads == self.threads else self._session(query_threads)
         )
         self._inputs = {i.name for i in self.session.get_inputs()}
+        self._one_thread = None  # built on first need by _bulk_session
 
     def _session(self, threads: int):
         import onnxruntime as ort
@@ -91,11 +94,20 @@ class OnnxEncoder:
         encodings = self.tokenizer.encode_batch(list(texts))
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        session = self.query_session if len(texts) == 1 else self.session
         for start in range(0, len(texts), batch_size):
             chosen = order[start : start + batch_size]
+            session = self.query_session if len(texts) == 1 else self._bulk_session()
             out[chosen] = self._run(session, [encodings[i] for i in chosen])
         return out
+
+    def _bulk_session(self):
+        """Every core, unless a chat answer is being generated: then one thread, asked again before each batch
+        (knowledge/cpu_share.py; measured: decoding alongside a 2-thread ingest fell to 64% of its speed)."""
+        if self.threads == 1 or not generation_running():
+            return self.session
+        if self._one_thread is None:
+            self._one_thread = self.query_session if self._query_threads == 1 else self._session(1)
+        return self._one_thread
 
     def _run(self, session, encodings) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)

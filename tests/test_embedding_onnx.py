@@ -152,3 +152,23 @@ def test_export_refuses_a_folder_without_a_model(tmp_path: Path):
 
     with pytest.raises(OnnxExportError, match="modules.json"):
         ensure_onnx_export(tmp_path, tmp_path / "cache")
+
+
+def test_bulk_embedding_steps_down_to_one_thread_while_a_chat_generates(onnx_int8: Embedder):
+    """knowledge/cpu_share.py: an ingest during a generation runs on one thread, with the same vectors."""
+    from knowledge.cpu_share import generating, generation_running
+
+    encoder = onnx_int8.onnx
+    texts = [f"Passage {i} about harbour logs, cargo and the weather at arrival." for i in range(8)]
+    if encoder.threads == 1:
+        pytest.skip("one core: there is no second thread to give up")
+    assert encoder._bulk_session() is encoder.session
+    alone = onnx_int8.embed_documents(texts)
+    with generating():
+        assert generation_running()
+        yielded = encoder._bulk_session()
+        assert yielded is not encoder.session
+        assert yielded.get_session_options().intra_op_num_threads == 1
+        during = onnx_int8.embed_documents(texts)
+    assert not generation_running()
+    assert np.allclose(alone, during, atol=1e-5)

@@ -46,7 +46,7 @@ from typing import Any
 from bot.llm.adapters import check_adapter_name, find_adapter_dirs, read_adapter_config
 from bot.llm.context import FitsByRendering, Sampling, check_adapter, check_messages, fit_messages, resolve_sampling
 from bot.llm.local import _read_template, default_threads
-from bot.llm.streaming import FromStream
+from bot.llm.streaming import FromStream, while_generating
 from bot.llm.types import Message, StreamStats, TokenStream
 
 log = logging.getLogger(__name__)
@@ -341,7 +341,7 @@ class LlamaCppGenerator(FitsByRendering, FromStream):
             request["response_format"] = response_format
         prompt_tokens = counted.get(len(fitted)) or len(self.render(fitted))
         stats = StreamStats(prompt_tokens=prompt_tokens, adapter=adapter)
-        return TokenStream(self._pieces(runtime, request, stats), stats)
+        return TokenStream(while_generating(self._pieces(runtime, request, stats)), stats)
 
     def _pieces(self, runtime: _Runtime, request: dict[str, Any], stats: StreamStats) -> Iterator[str]:
         chunks: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()

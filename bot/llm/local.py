@@ -29,7 +29,7 @@ from typing import Any
 from bot.llm.adapters import check_adapter_name, check_fits_base, find_adapter_dirs, read_adapter_config
 from bot.llm.context import FitsByRendering, Sampling, check_adapter, check_messages, resolve_sampling
 from bot.llm.loading import LoadedModel, load_base_model
-from bot.llm.streaming import FromStream, IncrementalDecoder, StopFilter
+from bot.llm.streaming import FromStream, IncrementalDecoder, StopFilter, while_generating
 from bot.llm.types import Message, StreamStats, TokenStream
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class LocalGenerator(FitsByRendering, FromStream):
         pieces = self._decode(
             prompt_ids, adapter, sampling.max_new_tokens, sampling.temperature, sampling.top_p, list(stop or []), stats
         )
-        return TokenStream(pieces, stats)
+        return TokenStream(while_generating(pieces), stats)
 
     # One function on purpose (68 lines): it is the per-token hot loop, and its state (cache, logits, stop filter,
     # decoder, stats) stays in locals instead of being passed between helpers on every token.

@@ -7,6 +7,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
+from knowledge.cpu_share import generating
+
 
 class StopFilter:
     """Cuts a text stream at the first stop sequence, which never reaches the caller.
@@ -127,6 +129,13 @@ async def iterate_in_thread(
                 return
     finally:
         cancel.set()
+
+
+def while_generating(pieces: Iterator[str]) -> Iterator[str]:
+    """`pieces`, with the process told a generation runs until they end (bulk embedding yields its second core,
+    see knowledge/cpu_share.py)."""
+    with generating():
+        yield from pieces
 
 
 class FromStream:
