@@ -5,7 +5,8 @@ sessions at once, each with T streamed turns (a knowledge question, then "make t
 limit, then checks that no session's stored memory holds another session's turns and that a second API key
 cannot read the first key's sessions. Runs once per generator backend (llama.cpp, the default, against the
 transformers baseline) on the same database and documents, and reports their ratio. Prints a table and
-writes bench/results/concurrency.json.
+writes bench/results/concurrency.json (`--workload skill`: every turn a generated writing request, to
+concurrency-skill.json).
 
     .venv/bin/python -m bench.bench_concurrency --sessions 20 --turns 2 --max-tokens 16
 """
@@ -41,6 +42,15 @@ QUESTIONS = [
     "How do I set an API key?",
     "How does the router decide?",
 ]
+# The `skill` workload: writing requests sent to the skill route, so every turn is generated (in the default
+# `mixed` workload a knowledge answer quotes its sources and only the follow-up is generated).
+WRITING = [
+    "Write a short thank-you note to the support team",
+    "Draft a friendly reminder about tomorrow's meeting",
+    "Write two sentences welcoming a new colleague",
+    "Write a polite reply declining an invitation",
+    "Write a short apology for a late delivery",
+]
 KEYS = ["bench-key-a", "bench-key-b"]
 
 
@@ -61,7 +71,9 @@ def start_app(home: Path, port: int, max_tokens: int, backend: str):
     return services, server, thread
 
 
-async def run_session(client: httpx.AsyncClient, index: int, turns: int, max_tokens: int, deadline: float) -> dict:
+async def run_session(
+    client: httpx.AsyncClient, index: int, turns: int, max_tokens: int, deadline: float, workload: str
+) -> dict:
     key = KEYS[index % 2]
     marker = f"S{index:02d}"
     headers = {"Authorization": f"Bearer {key}"}
@@ -69,8 +81,11 @@ async def run_session(client: httpx.AsyncClient, index: int, turns: int, max_tok
     for turn in range(turns):
         if time.monotonic() > deadline:
             break
-        text = QUESTIONS[index % len(QUESTIONS)] if turn == 0 else "make that shorter"
-        body = {"model": "ragtune", "stream": True, "max_tokens": max_tokens,
+        if workload == "skill":
+            text, model = WRITING[(index + turn) % len(WRITING)], "skill"
+        else:
+            text, model = (QUESTIONS[index % len(QUESTIONS)] if turn == 0 else "make that shorter"), "ragtune"
+        body = {"model": model, "stream": True, "max_tokens": max_tokens,
                 "messages": [{"role": "user", "content": f"{text} ({marker})"}]}  # fmt: skip
         if session_id:
             body["session_id"] = session_id
@@ -127,7 +142,10 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict:
     async with httpx.AsyncClient(base_url=base_url, timeout=args.time_limit + 60, limits=limits) as client:
         started = time.perf_counter()
         sessions = await asyncio.gather(
-            *(run_session(client, i, args.turns, args.max_tokens, deadline) for i in range(args.sessions))
+            *(
+                run_session(client, i, args.turns, args.max_tokens, deadline, args.workload)
+                for i in range(args.sessions)
+            )
         )
         wall = time.perf_counter() - started
         problems = await check_isolation(client, sessions)
@@ -173,6 +191,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--backends", default="llamacpp,transformers", help="comma-separated; the first is compared")
     parser.add_argument(
+        "--workload", choices=("mixed", "skill"), default="mixed", help="mixed: a question, then 'make that shorter'"
+    )
+    parser.add_argument(
         "--time-limit", type=float, default=180.0, help="Seconds per backend; turns not started by then are skipped."
     )
     args = parser.parse_args()
@@ -196,7 +217,9 @@ def main() -> None:
         first, baseline = reports[names[0]], reports[names[-1]]
         result["throughput_ratio"] = first["turns_per_minute"] / max(baseline["turns_per_minute"], 1e-9)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "concurrency.json").write_text(json.dumps(result, indent=2))
+    result["workload"] = args.workload
+    output = RESULTS / ("concurrency.json" if args.workload == "mixed" else f"concurrency-{args.workload}.json")
+    output.write_text(json.dumps(result, indent=2))
     rows: list[tuple[str, ...]] = [("", *names)]
     rows += [
         ("generator", *(r["backend"] for r in reports.values())),
@@ -223,7 +246,7 @@ def main() -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     if "throughput_ratio" in result:
         print(f"turns/min {names[0]} / {names[-1]}: {result['throughput_ratio']:.2f}x (max_tokens {args.max_tokens})")
-    print(f"written: {RESULTS / 'concurrency.json'}")
+    print(f"written: {output}")
     if any(r["errors"] or r["isolation_problems"] for r in reports.values()):
         raise SystemExit(1)
 
