@@ -142,6 +142,27 @@ class FeedbackStore:
                 cur.execute(_SELECT + " WHERE f.id = %s", (row[0],))
                 return Feedback(**cur.fetchone())
 
+    def of_session(self, session_id: str, owner: str) -> dict[int, Feedback]:
+        """`owner`'s ratings in one of their sessions, by turn (empty for a session that is not theirs): what the
+        chat page reads to show the thumbs already given and to keep a correction when only the thumb changes."""
+        _check_owner(owner)
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(_SELECT + " WHERE s.id = %s AND s.owner = %s AND f.owner = %s", (session_id, owner, owner))
+            return {row["turn"]: Feedback(**row) for row in cur.fetchall()}
+
+    def remove(self, session_id: str, turn: int, owner: str) -> bool:
+        """Withdraw `owner`'s rating of the answer of `turn` (a thumb clicked off again); False when there was none."""
+        _check_owner(owner)
+        with self.pool.connection() as conn, conn.transaction():
+            return bool(
+                conn.execute(
+                    "DELETE FROM feedback f USING messages m, sessions s"
+                    " WHERE f.message_id = m.id AND s.id = m.session_id AND s.id = %s AND s.owner = %s"
+                    " AND f.owner = %s AND m.turn = %s AND m.role = 'assistant'",
+                    (session_id, owner, owner, turn),
+                ).rowcount
+            )
+
     def list_feedback(
         self,
         owner: str | None,

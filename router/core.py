@@ -1,11 +1,16 @@
 """The routing decision: which route answers this message, how sure we are, and why.
 
 Two measurable methods feed it: similarity to each route's example messages (works out of the box), and a
-classifier trained on labelled messages (used automatically once `ragtune router train` saved one). With a
-classifier, the method that won on its held-out split is used ("combined" mixes both). The conversation
-can override the message alone: a request to rework the last answer is skill work, and a short follow-up
-inherits the previous turn's route. Below `min_confidence` the configured default route answers, and the
-reason says so.
+classifier trained on labelled messages (used automatically once `ragtune router train` saved one). By default
+("combined") the classifier corrects similarity only near the messages it was trained on, so training on one
+domain cannot make the router worse on another (see router/classifier.py). The conversation can override the
+message alone: a request to rework the last answer is skill work, and a short follow-up inherits the previous
+turn's route.
+
+The decision is made per action first (knowledge or skill: summed over each action's routes), then per route
+within it: two skill routes splitting a clear skill request ("skill" and "draft") must not hand it to the
+default knowledge route. The confidence is the chosen action's probability; below `min_confidence` the
+configured default route answers, and the reason says so.
 """
 
 from __future__ import annotations
@@ -120,24 +125,29 @@ class Router:
         if method in ("classifier", "combined") and self.classifier is None:
             raise RouteConfigError(f"method {method!r} needs a trained classifier (`ragtune router train FILE`)")
         self.method = method if method != "auto" else (self.classifier.method if self.classifier else "similarity")
-        self.sim_temperature = self.classifier.sim_temperature if self.classifier else DEFAULT_SIM_TEMPERATURE
+        gated = self.classifier is not None and self.classifier.anchors is not None
+        # a gated classifier leaves unfamiliar messages to similarity as shipped, so it keeps the shipped calibration
+        fitted = self.classifier is not None and not gated
+        self.sim_temperature = self.classifier.sim_temperature if fitted else DEFAULT_SIM_TEMPERATURE
+        self._covered = {i for group in self._members for i in group}
 
     # --- probabilities of the message alone --------------------------------------------------------------
-    def _probabilities(self, vector: np.ndarray) -> tuple[np.ndarray, list, np.ndarray, str]:
-        """Route probabilities of the message alone, its nearest examples, raw similarities, the method used."""
+    def _probabilities(self, vector: np.ndarray) -> tuple[np.ndarray, list, np.ndarray, str, float | None]:
+        """Route probabilities of the message alone, its nearest examples, raw similarities, the method used and
+        the classifier's share (None when it had none)."""
         sim_scores, nearest = self.index.explain(vector)
         sim_p = softmax(sim_scores, self.sim_temperature)
         if self.method == "similarity" or self.classifier is None:
-            return sim_p, nearest, sim_scores, "similarity"
-        if self.names[int(np.argmax(sim_p))] not in self.classifier.labels:
-            # the classifier never saw this route (added after training): its examples are the only evidence
-            return sim_p, nearest, sim_scores, "similarity"
+            return sim_p, nearest, sim_scores, "similarity", None
+        if int(np.argmax(sim_p)) not in self._covered:
+            # no classifier label stands for this route (added after training): its examples are the only evidence
+            return sim_p, nearest, sim_scores, "similarity", None
         label_p = self.classifier.proba(vector)
         clf_p = route_proba(label_p, sim_p[None, :], self._members, len(self.routes))[0]
         if self.method == "classifier":
-            return clf_p, nearest, sim_scores, "classifier"
-        w = self.classifier.weight
-        return w * clf_p + (1 - w) * sim_p, nearest, sim_scores, "combined"
+            return clf_p, nearest, sim_scores, "classifier", 1.0
+        w = float(self.classifier.gate_weight(vector)[0])
+        return w * clf_p + (1 - w) * sim_p, nearest, sim_scores, "combined", w
 
     @property
     def embedder(self):
@@ -161,14 +171,15 @@ class Router:
         if not isinstance(message, str) or not message.strip():
             raise ValueError("cannot route an empty message")
         vector = self.encoder.encode(message) if embedding is None else np.asarray(embedding, dtype=np.float32)
-        p, nearest, sim_scores, method = self._probabilities(vector)
+        p, nearest, sim_scores, method, share = self._probabilities(vector)
         notes: list[str] = []
+        if method == "combined" and share is not None:
+            notes.append(f"the trained classifier's share was {share:.2f} (closeness to its labelled messages)")
         p, used_memory = self._conversation_prior(message, history, p, notes)
         if retrieval_strength is not None and not math.isnan(retrieval_strength):
             p = self._retrieval_shift(p, retrieval_strength, notes)
 
-        best = int(np.argmax(p))
-        confidence = float(p[best])
+        best, confidence = self._best(p)
         fallback = confidence < self.min_confidence
         chosen = self.names.index(self.default_route) if fallback else best
         route = self.routes[chosen]
@@ -189,6 +200,14 @@ class Router:
             nearest=[{"route": r, "example": t, "cosine": round(c, 3)} for r, t, c in nearest],
             memory=used_memory,
         )
+
+    def _best(self, p: np.ndarray) -> tuple[int, float]:
+        """The likeliest action (summed over its routes), then its likeliest route; the action's probability."""
+        actions = sorted({r.action for r in self.routes})
+        mass = {a: float(sum(v for v, r in zip(p, self.routes, strict=True) if r.action == a)) for a in actions}
+        action = max(actions, key=lambda a: mass[a])
+        best = max((i for i, r in enumerate(self.routes) if r.action == action), key=lambda i: p[i])
+        return best, mass[action]
 
     def _conversation_prior(
         self, message: str, history: Sequence[dict], p: np.ndarray, notes: list[str]
@@ -219,14 +238,20 @@ class Router:
         return p * boost / float((p * boost).sum())
 
     def _skill_target(self, previous: str | None, p: np.ndarray) -> int | None:
-        """Rework stays with the previous skill route (its adapter); otherwise the likeliest skill route."""
-        if previous is not None and self.routes[self.names.index(previous)].action == "skill":
-            return self.names.index(previous)
+        """Rework stays with the previous skill route (its adapter), on a route that does not retrieve when one has
+        the same adapter: reworking an answer needs its own sources, not a new search. Otherwise the likeliest
+        non-retrieving skill route."""
         skills = [i for i, r in enumerate(self.routes) if r.action == "skill"]
         if not skills:
             return None
-        plain = [i for i in skills if not self.routes[i].retrieve] or skills
-        return max(plain, key=lambda i: p[i])
+        plain = [i for i in skills if not self.routes[i].retrieve]
+        if previous is not None and self.routes[self.names.index(previous)].action == "skill":
+            before = self.routes[self.names.index(previous)]
+            same_adapter = [i for i in plain if self.routes[i].adapter == before.adapter]
+            if before.retrieve and same_adapter:
+                return max(same_adapter, key=lambda i: p[i])
+            return self.names.index(previous)
+        return max(plain or skills, key=lambda i: p[i])
 
     def _reason(self, best, confidence, fallback, nearest, sim_scores, p, notes, method) -> str:
         ranked = ", ".join(f"{n} {v:.2f}" for n, v in sorted(zip(self.names, p, strict=True), key=lambda x: -x[1]))

@@ -325,3 +325,63 @@ def test_a_fragment_left_by_the_token_limit_is_not_shown(db, store, embedder):
         sid, "answers", "How long do I have to return a product for a refund?", TurnOptions(route="knowledge")
     )
     assert done.answer.endswith("[1].") and "45 days" in done.answer, done.answer
+
+
+def _rework_turn(message: str, previous: str) -> object:
+    from bot.conversation.turn import Turn
+
+    sources = [
+        {"n": 1, "text": "Refunds are accepted within 45 days of delivery."},
+        {"n": 2, "text": "Items must be unused and in their original packaging."},
+    ]
+    recent = [{"role": "user", "content": "How long do refunds take?"}, {"role": "assistant", "content": previous}]
+    return Turn("s", "o", message, TurnOptions(), recent=recent, sources=sources)
+
+
+def test_make_that_shorter_on_a_quoted_answer_quotes_less(embedder):
+    """Extractive mode: "shorter" is the previous answer's first cited sentence, as it was; nothing is generated."""
+    answerer = KnowledgeAnswerer(EvidenceFinder(embedder), mode="extractive")
+    previous = (
+        "Refunds are accepted within 45 days of delivery. [1] Items must be unused and in their original packaging. [2]"
+    )
+
+    def must_not_generate():
+        raise AssertionError("a shortened quote needs no model")
+
+    turn = _rework_turn("make that shorter", previous)
+    assert "".join(answerer.rework(turn, must_not_generate)) == "Refunds are accepted within 45 days of delivery. [1]"
+
+
+def test_a_rework_with_nothing_supported_ends_with_the_quote(embedder):
+    """Every generated sentence unsupported: one removal mark (not one per sentence), then what the sources say;
+    a citation cut open by the token limit is dropped."""
+    from bot.answer.support import SupportChecker
+    from bot.conversation.knowledge_answer import REMOVED_MARK
+
+    answerer = KnowledgeAnswerer(EvidenceFinder(embedder), mode="extractive", checker=SupportChecker(embedder))
+    previous = "Refunds are accepted within 45 days of delivery. [1]"
+    turn = _rework_turn("translate it into French", previous)
+    invented = "Our headquarters moved to Lisbon in 2019. The CEO likes sailing on weekends. ["
+    answer = "".join(answerer.rework(turn, lambda: (word + " " for word in invented.split(" "))))
+    assert "Lisbon" not in answer and "sailing" not in answer
+    assert answer.count(REMOVED_MARK) == 1
+    assert answer.endswith("Refunds are accepted within 45 days of delivery. [1]"), answer
+
+
+def test_a_draft_keeps_its_courtesies_and_holds_its_claims_to_the_sources(embedder):
+    """Drafting with documents: greetings pass as written; a wrong number becomes the source's sentence; an
+    invented specific is removed."""
+    from bot.answer.support import SupportChecker
+    from bot.conversation.knowledge_answer import REMOVED_MARK
+
+    answerer = KnowledgeAnswerer(EvidenceFinder(embedder), mode="extractive", checker=SupportChecker(embedder))
+    turn = _rework_turn("Write a friendly reply to Ms Ray, who wants a refund", "")
+    draft = (
+        "Dear Ms Ray, thank you for reaching out. Refunds are accepted within 90 days of delivery. "
+        "Our headquarters moved to Lisbon in 2019. We hope to hear from you soon. "
+    )
+    answer = "".join(answerer.verified(turn, (w + " " for w in draft.split(" ")), claims_only=True))
+    assert answer.startswith("Dear Ms Ray, thank you for reaching out.")
+    assert "Refunds are accepted within 45 days of delivery. [1]" in answer and "90 days" not in answer
+    assert "Lisbon" not in answer and REMOVED_MARK in answer
+    assert answer.endswith("We hope to hear from you soon."), answer

@@ -1,6 +1,7 @@
 """The product as a user meets it: `ragtune up` in a subprocess, headless Chromium asks a knowledge question
 and then "make that shorter", and checks the route badges and a cited source; a second test checks the badge's
-plain words, a readable upload name and the over-long message warning. Saves screenshots in test-artifacts/.
+plain words, a readable upload name and the over-long message warning; a third gives a thumb down and a correction
+and finds them in the database. Saves screenshots in test-artifacts/.
 Needs the Debian `chromium` package and the `playwright` Python package (no downloaded browsers)."""
 
 from __future__ import annotations
@@ -200,3 +201,67 @@ def test_badge_words_upload_names_and_the_over_long_warning(app_url, tmp_path):
             browser.close()
     for shot in ("browser-badge.png", "browser-long-message.png", "browser-upload.png"):
         assert (ARTIFACTS / shot).stat().st_size > 10_000
+
+
+def test_thumb_down_and_a_correction_reach_the_database(app_url, state_root):
+    """The team teaches the bot: a thumb down on an answer opens the correction box with the answer's text; the saved
+    correction is the feedback row of that turn (rating down), ready for `ragtune train --from-feedback`."""
+    import psycopg
+    from playwright.sync_api import sync_playwright
+
+    from bot.db import server
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    question = "How do I train an adapter from feedback?"
+    fixed = "Rate answers in the chat, then run: ragtune train --from-feedback --name team-tone"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            page.goto(app_url, wait_until="domcontentloaded", timeout=60_000)
+            page.wait_for_selector("#rt-input textarea", timeout=60_000)
+            page.click("#rt-new")
+            _send(page, question, 0)
+            page.locator("#rt-chat").get_by_role("button", name="Dislike").first.click()
+            status = page.locator("#rt-feedback-status")
+            page.wait_for_function(
+                "() => document.querySelector('#rt-feedback-status').innerText.includes('saved for training')",
+                timeout=30_000,
+            )
+            assert "👎 on answer 1" in status.inner_text()
+            box = page.locator("#rt-correction textarea")
+            box.wait_for(state="visible", timeout=10_000)  # the correction box opened, with the answer to edit
+            assert box.input_value().strip(), "the answer's text is in the box to edit"
+            assert "train an adapter from feedback" in page.locator("#rt-correction-target").inner_text()
+            box.fill(fixed)
+            page.click("#rt-save-correction")
+            page.wait_for_function(
+                "() => document.querySelector('#rt-feedback-status').innerText.includes('correction of answer 1')",
+                timeout=30_000,
+            )
+            assert page.locator("#rt-chat").get_by_role("button", name="Disliked").count() == 1
+            page.screenshot(path=str(ARTIFACTS / "browser-feedback.png"), full_page=True)
+
+            page.click("#rt-new")  # a new conversation shows no thumbs; the rated one shows its thumb again
+            page.wait_for_function("() => !document.querySelector('#rt-chat .rt-badge')", timeout=10_000)
+            page.locator("#rt-sessions label", has_text=question).click()
+            page.locator("#rt-chat .rt-badge").first.wait_for(timeout=10_000)
+            disliked = page.locator("#rt-chat").get_by_role("button", name="Disliked")
+            disliked.wait_for(timeout=10_000)
+            assert disliked.count() == 1
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "browser-feedback-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+    uri = server.status(state_root / "browser-home" / "pgdata").uri
+    with psycopg.connect(uri) as conn:
+        rows = conn.execute(
+            "SELECT f.rating, f.correction, a.turn, u.content FROM feedback f"
+            " JOIN messages a ON a.id = f.message_id"
+            " JOIN messages u ON u.session_id = a.session_id AND u.turn = a.turn AND u.role = 'user'"
+            " WHERE f.correction = %s",
+            (fixed,),
+        ).fetchall()
+    assert rows == [("down", fixed, 1, question)]
+    assert (ARTIFACTS / "browser-feedback.png").stat().st_size > 10_000

@@ -12,6 +12,7 @@ Both abstain ("not in your documents") when the best evidence is too weak.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +32,13 @@ REMOVED_MARK = "[a sentence was removed: the sources do not support it]"
 # An unsupported sentence this close (cosine) to a source sentence was a miscopy of it: the source sentence replaces
 # it. Further away it was not about the sources at all, and it is removed.
 REPLACE_MIN_COSINE = 0.5
+# A follow-up asking for less ("make that shorter", "tl;dr"): in extractive mode it is answered by quoting less.
+_SHORTEN = re.compile(
+    r"\b(shorter|shorten|brief|briefer|briefly|concise|tl;?dr|in short|one sentence|summari[sz]e)\b", re.I
+)
+# One cited sentence of an answer: text up to and including its first [n] (or [n, m]) marker.
+_CITED_SENTENCE = re.compile(r"\S[^\[]*?\[\s*\d{1,3}(?:\s*[,;–-]\s*\d{1,3})*\s*\]")
+_UNCLOSED_TAIL = re.compile(r"\s*\[[^\]]*$")  # "… [1" cut by the token limit
 
 
 @dataclass
@@ -72,28 +80,57 @@ class KnowledgeAnswerer:
             return
         yield from self.verified(turn, generate())
 
-    def verified(self, turn: Turn, pieces: Iterator[str]) -> Iterator[str]:
-        """Generated text, released sentence by sentence once each is checked against `turn.sources`."""
-        buffer, shown = "", 0
+    def rework(self, turn: Turn, generate: Callable[[], Iterator[str]]) -> Iterator[str]:
+        """A rework of the previous cited answer ("make that shorter", "translate it"), held to its sources.
+
+        In extractive mode (the packaged small model) a request for less is answered by quoting less: the previous
+        answer's first cited sentence, as it was; the model writes nothing it could get wrong. Any other rework is
+        generated and verified; if no sentence of it survives the check, the previous answer's first quote follows.
+        """
+        first_quote = _first_cited_sentence(_previous_answer(turn.recent))
+        if self.mode == "extractive" and first_quote and _SHORTEN.search(turn.message):
+            yield first_quote
+            return
+        yield from self.verified(turn, generate(), fallback=first_quote)
+
+    def verified(
+        self, turn: Turn, pieces: Iterator[str], fallback: str | None = None, *, claims_only: bool = False
+    ) -> Iterator[str]:
+        """Generated text, released sentence by sentence once each is checked against `turn.sources`.
+
+        Removal marks are not repeated back to back; when every sentence was removed and a `fallback` quote is
+        given, it is added after them, so the answer still says what the sources say. `claims_only` (a draft
+        written with documents): a sentence that is not about the sources (below REPLACE_MIN_COSINE to all of
+        them) and states no number, date or name the request did not give ("Dear Ms Ray," "Thanks for your
+        patience.") passes as written; every other sentence is held to the sources like an answer.
+        """
+        buffer, shown, kept = "", [], 0
+
+        def release(sentence: str) -> Iterator[str]:
+            nonlocal kept
+            checked = self._checked(turn, sentence, claims_only=claims_only)
+            if not checked or (checked == REMOVED_MARK and shown and shown[-1] == REMOVED_MARK):
+                return
+            kept += checked != REMOVED_MARK
+            yield checked if not shown else " " + checked
+            shown.append(checked)
+
         for piece in pieces:
             buffer += piece
             sentences = split_sentences(buffer)
             if len(sentences) < 2:
                 continue
             for sentence in sentences[:-1]:  # the last one may still grow
-                checked = self._checked(turn, sentence.text)
-                if checked:
-                    yield checked if not shown else " " + checked
-                    shown += 1
+                yield from release(sentence.text)
             buffer = buffer[sentences[-1].start :]
-        for sentence in split_sentences(buffer):  # what is left when the stream ends (fragments are dropped)
-            checked = self._checked(turn, sentence.text)
-            if checked:
-                yield checked if not shown else " " + checked
-                shown += 1
+        for sentence in split_sentences(_UNCLOSED_TAIL.sub("", buffer)):  # what is left when the stream ends
+            yield from release(sentence.text)
+        if not kept and fallback:
+            yield fallback if not shown else " " + fallback
 
-    def _checked(self, turn: Turn, sentence: str) -> str:
-        """The sentence with its citation, its replacement quote, or the removal mark (counted in the timings)."""
+    def _checked(self, turn: Turn, sentence: str, *, claims_only: bool = False) -> str:
+        """The sentence with its citation, its replacement quote, or the removal mark (counted in the timings);
+        with `claims_only`, a sentence about something else that states nothing specific, as written."""
         from bot.answer.support import Passage, cited_numbers, strip_citations
 
         if not any(c.isalnum() for c in strip_citations(sentence)):
@@ -105,6 +142,8 @@ class KnowledgeAnswerer:
         turn.timings["claims_checked"] = turn.timings.get("claims_checked", 0) + 1
         if result.supported:
             return sentence if cited_numbers(sentence) else f"{sentence.rstrip()} [{result.passage}]"
+        if claims_only and result.score < REPLACE_MIN_COSINE and not _states_specifics(sentence, turn.message):
+            return sentence  # a greeting or a courtesy: not about the sources, nothing in it to check
         log.info("session %s: unsupported sentence (%s)", turn.session_id, "; ".join(result.problems))
         if (
             result.evidence
@@ -117,6 +156,30 @@ class KnowledgeAnswerer:
             return f"{result.evidence} [{result.passage}]"
         turn.timings["claims_removed"] = turn.timings.get("claims_removed", 0) + 1
         return REMOVED_MARK
+
+
+def _states_specifics(sentence: str, request: str = "") -> bool:
+    """Whether a sentence carries something a source must back: a number, quantity, date or name that the
+    person's own request did not give (a draft may greet "Ms Ray" when asked to reply to Ms Ray)."""
+    from bot.answer.support import names, quantities
+
+    given = request.lower()
+    return any(name.lower() not in given for name in names(sentence)) or any(
+        q.shown() not in given for q in quantities(sentence, claim=True)
+    )
+
+
+def _previous_answer(recent: list[Any]) -> str:
+    for message in reversed(recent):
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+        if role == "assistant":
+            return str(message.get("content") if isinstance(message, dict) else getattr(message, "content", ""))
+    return ""
+
+
+def _first_cited_sentence(answer: str) -> str | None:
+    match = _CITED_SENTENCE.search(answer)
+    return match.group(0).strip() if match else None
 
 
 def previous_sources(recent: list[Any]) -> list[dict[str, Any]]:

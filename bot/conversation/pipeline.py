@@ -49,6 +49,7 @@ from bot.db.connection import is_unavailable
 from bot.llm.chat_model import to_chat_messages
 from bot.llm.types import Generator
 from bot.logs import log_turn
+from bot.promotion import PromotedAdapters, Serving
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Conversation:
         max_message_chars: int | None = None,
         top_k: int | None = None,
         answerer: KnowledgeAnswerer | None = None,
+        promotions: PromotedAdapters | None = None,
     ) -> None:
         self.memory = memory
         self.generator = generator
@@ -109,6 +111,7 @@ class Conversation:
         self.max_message_chars = max_message_chars
         self.top_k = max(top_k or sources_k, 1)  # passages retrieved; the answerer picks which to show
         self.answerer = answerer
+        self.promotions = promotions  # which adapter serves a route, as `ragtune adapters promote` last set it
 
     def with_router(self, router: Router | None) -> Conversation:
         """The same pipeline (memory, generator, store, answerer, limits) deciding routes with another router."""
@@ -209,6 +212,12 @@ class Conversation:
     def _route(self, turn: Turn) -> None:
         started = time.perf_counter()
         choice = self._forced_choice(turn.options) or self._router_choice(turn)
+        if self.promotions is not None and not turn.options.adapter:  # an adapter the caller named wins
+            serving = self.promotions.resolve(choice.route, choice.adapter, self.adapters())
+            if serving.note:
+                log.warning("route %s: %s", choice.route, serving.note)
+                choice.reason += f" ({serving.note})"
+            choice.adapter = serving.adapter
         if choice.adapter and choice.adapter not in self.adapters():
             log.warning(
                 "route %s names adapter %r, which is not loaded: using the base model", choice.route, choice.adapter
@@ -284,6 +293,9 @@ class Conversation:
         turn.query, turn.hits = query, list(hits)
         turn.best_score = max((float(h.score) for h in hits), default=0.0)
         turn.not_found = turn.route.action == "knowledge" and turn.best_score < self.min_score
+        if turn.route.action != "knowledge":  # a draft uses only passages that are about it: weak ones mislead it
+            hits = [hit for hit in hits if float(hit.score) >= self.min_score]
+            turn.hits = list(hits)
         if not turn.not_found:
             turn.sources = [public_source(n, hit) for n, hit in enumerate(hits[: self.sources_k], start=1)]
         turn.timings["retrieve_ms"] = (time.perf_counter() - started) * 1000
@@ -322,8 +334,10 @@ class Conversation:
             yield from self._generate(turn)
         elif turn.route.action == "knowledge" and self.answerer is not None:
             yield from self.answerer.pieces(turn, lambda: self._generate(turn))
-        elif turn.sources and self.answerer is not None:  # skill work on documents: held to them like an answer
-            yield from self.answerer.verified(turn, self._generate(turn))
+        elif turn.route.reworks_previous and turn.sources and self.answerer is not None:  # "make that shorter"
+            yield from self.answerer.rework(turn, lambda: self._generate(turn))
+        elif turn.sources and self.answerer is not None:  # a draft from documents: its specific claims held to them
+            yield from self.answerer.verified(turn, self._generate(turn), claims_only=True)
         else:
             yield from self._generate(turn)
 
@@ -437,6 +451,20 @@ class Conversation:
             return list(self.generator.adapters())
         except Exception:  # a remote generator may not list adapters
             return []
+
+    def route_adapters(self) -> dict[str, Serving]:
+        """Route → the adapter serving it now (None: the base model) and whether it was promoted or configured:
+        what `/healthz`, `/v1/models` and the UI show. A configured adapter that is not loaded serves as the base."""
+        loaded = self.adapters()
+        serving: dict[str, Serving] = {}
+        for spec in self.routes():
+            configured = getattr(spec, "adapter", None)
+            now = self.promotions.resolve(spec.name, configured, loaded) if self.promotions else None
+            now = now or Serving(configured, "configured")
+            if now.adapter is not None and now.adapter not in loaded:
+                now = Serving(None, now.source, f"adapter {now.adapter} not loaded: base model")
+            serving[spec.name] = now
+        return serving
 
     def routes(self) -> list[Any]:
         return list(getattr(self.router, "routes", None) or [])

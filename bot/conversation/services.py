@@ -19,6 +19,7 @@ from bot.conversation.pipeline import Conversation
 from bot.db.connection import Database, open_database
 from bot.llm.weights import DEFAULT_GENERATOR
 from bot.memory import MemoryStore
+from bot.promotion import PromotedAdapters
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def build_services(settings: Settings, *, db: Database | None = None) -> Service
         max_message_chars=settings.max_message_chars,
         top_k=settings.top_k,
         answerer=knowledge_answerer(settings, embedder),
+        promotions=PromotedAdapters.from_pool(db.pool),
     )
     watcher = None
     if not settings.openai_base_url:  # a remote server loads adapters from its own disk

@@ -1,7 +1,8 @@
-"""The Gradio chat: streaming answers with a route badge and expandable sources, uploads, pickers, sessions.
+"""The Gradio chat: streaming answers with a route badge and expandable sources, uploads, pickers, sessions, and
+the team's feedback (thumbs up/down on each answer, a corrected reply) for `ragtune train --from-feedback`.
 
 Everything shown comes from the shared memory, so resuming a session (or restarting the app) redraws the
-same badges and sources. The owner of the sessions is the portal's trusted header, the login, or the
+same badges, sources and thumbs. The owner of the sessions is the portal's trusted header, the login, or the
 local user of an open install.
 """
 
@@ -25,6 +26,8 @@ from bot.conversation.messages import MessageError, clean_message
 from bot.conversation.pipeline import DB_NOTICE
 from bot.conversation.services import Services
 from bot.conversation.turn import badge_for
+from bot.db.connection import UNAVAILABLE_ERRORS
+from bot.feedback import MAX_CORRECTION_CHARS, FeedbackStore, TurnNotFound
 from bot.memory import SessionNotFound, StoredMessage
 from bot.server.auth import may_use_collection, readable_collections, redact, ui_owner
 from bot.server.uploads import UploadRefused, ingest_uploads, upload_collection
@@ -55,6 +58,7 @@ CSS = """
 #rt-files .download {width:auto;min-width:0;text-align:left}
 #rt-notice {color:#8a4b12}
 #rt-notice:empty {display:none}
+#rt-feedback-status:empty {display:none}
 """
 
 
@@ -134,6 +138,56 @@ def history_from_memory(messages: list[StoredMessage]) -> list[dict[str, Any]]:
     return chat
 
 
+def message_text(content: Any) -> str:
+    """A chat message's text: a plain string, or Gradio 6's list of content blocks ({"type": "text", "text": ...})."""
+    if isinstance(content, str):
+        return content
+    blocks = content if isinstance(content, list) else [content]
+    return "".join(b.get("text") or "" for b in blocks if isinstance(b, dict) and b.get("type", "text") == "text")
+
+
+def answer_turns(chat: list[dict[str, Any]], stored: list[StoredMessage]) -> dict[int, int]:
+    """The stored turn of each answer shown in the chat: {index of an assistant message: turn}.
+
+    The chat's questions are matched with the stored ones in order, by their text. A question shown but not stored
+    (a turn that failed, or one still being answered) matches nothing and its answer gets no turn, so a thumb or a
+    correction never lands on a neighbouring turn."""
+    asked = [m for m in stored if m.role == "user"]
+    answered = {m.turn for m in stored if m.role == "assistant"}
+    turns: dict[int, int] = {}
+    next_asked, current = 0, None
+    for i, message in enumerate(chat):
+        role = message.get("role")
+        if role == "user":
+            current = None
+            text = message_text(message.get("content")).strip()
+            if next_asked < len(asked) and text == asked[next_asked].content.strip():
+                current, next_asked = asked[next_asked].turn, next_asked + 1
+        elif role == "assistant" and current in answered:
+            turns[i] = current
+    return turns
+
+
+def answer_starts(chat: list[dict[str, Any]]) -> list[int]:
+    """Where each answer begins: an answer and its Sources box show as one bubble with one pair of thumbs."""
+    return [
+        i
+        for i, m in enumerate(chat)
+        if m.get("role") == "assistant" and (i == 0 or chat[i - 1].get("role") != "assistant")
+    ]
+
+
+THUMBS = {"up": "Like", "down": "Dislike"}  # the chatbot's feedback_options, which show as thumb icons
+SAVED = "Thanks — saved for training."
+DB_DOWN = "⚠ The database is unavailable right now: nothing was saved. {kept}Try again in a moment."
+NO_TARGET_LABEL = "Corrects the **last answer**; click 👎 on another answer to correct that one instead."
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ChatHandlers:
     """What the chat page does on each event; every method reads the caller from Gradio's request."""
 
@@ -142,6 +196,10 @@ class ChatHandlers:
         self.settings = services.settings
         self.memory = services.memory
         self.conversation = services.conversation
+
+    @property
+    def feedback(self) -> FeedbackStore:
+        return FeedbackStore(self.services.db.pool)
 
     def owner_of(self, request: gr.Request | None) -> str:
         if request is None:
@@ -171,16 +229,19 @@ class ChatHandlers:
         )
 
     def new_session(self, request: gr.Request):
-        return None, [], gr.update(choices=self.session_choices(self.owner_of(request)), value=None)
+        return None, _empty_chat(), gr.update(choices=self.session_choices(self.owner_of(request)), value=None)
 
     def resume(self, session_id: str | None, request: gr.Request):
         if not session_id:
-            return None, []
+            return None, _empty_chat()
+        owner = self.owner_of(request)
         try:
-            return session_id, history_from_memory(self.memory.messages(session_id, self.owner_of(request)))
+            stored = self.memory.messages(session_id, owner)
         except SessionNotFound:
             gr.Warning("That conversation no longer exists.")
-            return None, []
+            return None, _empty_chat()
+        chat = history_from_memory(stored)
+        return session_id, gr.update(value=chat, feedback_value=self._thumbs(chat, stored, session_id, owner))
 
     def ask_delete(self, session_id: str | None):
         """Delete asks first: it shows the confirmation row (or says there is nothing to delete)."""
@@ -193,7 +254,7 @@ class ChatHandlers:
         if session_id:
             with contextlib.suppress(SessionNotFound):
                 self.memory.delete_session(session_id, owner)
-        return None, [], gr.update(choices=self.session_choices(owner), value=None), gr.update(visible=False)
+        return None, _empty_chat(), gr.update(choices=self.session_choices(owner), value=None), gr.update(visible=False)
 
     def length_notice(self, length: int) -> str:
         limit = self.settings.max_message_chars
@@ -254,6 +315,116 @@ class ChatHandlers:
             log.error("turn failed: %s", redact("".join(traceback.format_exception(exc)), self.settings))
             raise gr.Error(f"The answer failed ({type(exc).__name__}); see the server log.") from None
 
+    # --- feedback: thumbs and corrections ----------------------------------------------------------------
+    def _thumbs(
+        self, chat: list, stored: list[StoredMessage], session_id: str, owner: str, ratings: dict | None = None
+    ) -> list[str | None]:
+        """The thumb shown on each answer of the chat (the chatbot's feedback_value: one entry per answer bubble)."""
+        if ratings is None:
+            try:
+                ratings = self.feedback.of_session(session_id, owner)
+            except UNAVAILABLE_ERRORS:
+                ratings = {}
+        turns = answer_turns(chat, stored)
+        return [THUMBS[ratings[turns[i]].rating] if turns.get(i) in ratings else None for i in answer_starts(chat)]
+
+    def _target(self, session_id: str, turn: int, stored: list[StoredMessage]) -> tuple[dict, str]:
+        """The answer a correction is for: the state kept between events and the line above the box."""
+        question = next((m.content for m in stored if m.turn == turn and m.role == "user"), "")
+        label = f"Correcting the answer to: “{plain(_shorten(question))}”" if question else "Correcting an answer"
+        return {"session": session_id, "turn": turn}, label
+
+    def rate(
+        self, chat: list, session_id: str | None, target: dict | None, box: str, like: gr.LikeData, request: gr.Request
+    ):
+        """A thumb on an answer; clicking a thumb again takes it off. Outputs: the chatbot's thumbs, the correction
+        target, its label, the correction box, the correction accordion, the status line. A thumb down picks that
+        answer for a correction and puts its text in the box to edit, unless the box holds an unsaved correction of
+        another answer (that text is kept)."""
+        keep = (gr.update(), target, gr.update(), gr.update(), gr.update())
+        rating = "up" if like.liked is True else "down" if like.liked is False else None  # None: the thumb is off
+        if not session_id:
+            return (*keep, "⚠ Nothing to rate yet: send a message first.")
+        owner = self.owner_of(request)
+        index = like.index[0] if isinstance(like.index, (list, tuple)) else like.index
+        try:
+            stored = self.memory.messages(session_id, owner)
+            turn = answer_turns(chat, stored).get(index)
+            if turn is None:
+                return (*keep, "⚠ That answer is not saved yet, so it cannot be rated: wait for it to finish.")
+            earlier = self.feedback.of_session(session_id, owner).get(turn)
+            correction = earlier.correction if earlier else None  # a new thumb keeps the team's correction
+            if rating is not None:
+                saved = self.feedback.rate(session_id, turn, owner, rating, correction)
+            elif correction is None:
+                self.feedback.remove(session_id, turn, owner)
+            ratings = self.feedback.of_session(session_id, owner)
+        except SessionNotFound:
+            return (*keep, "⚠ That conversation no longer exists: nothing was saved.")
+        except TurnNotFound:
+            return (*keep, "⚠ That answer is not saved yet, so it cannot be rated: wait for it to finish.")
+        except UNAVAILABLE_ERRORS:
+            return (*keep, DB_DOWN.format(kept=""))
+        thumbs = gr.update(feedback_value=self._thumbs(chat, stored, session_id, owner, ratings))
+        if rating is None:
+            status = (
+                f"Your correction of answer {turn} stays saved for training; only a new 👍 or 👎 replaces its thumb."
+                if correction
+                else f"Rating of answer {turn} removed."
+            )
+            return thumbs, target, gr.update(), gr.update(), gr.update(), status
+        status = f"{SAVED} (👍 on answer {turn})" if rating == "up" else f"{SAVED} (👎 on answer {turn})"
+        if rating == "up":
+            return thumbs, target, gr.update(), gr.update(), gr.update(), status
+        answer = next((m.content for m in stored if m.turn == turn and m.role == "assistant"), "")
+        prefill = saved.correction or answer
+        unsaved = (box or "").strip() and (box or "").strip() != (target or {}).get("prefill", "").strip()
+        if unsaved and target and (target.get("session"), target.get("turn")) != (session_id, turn):
+            status += " Your unsaved correction is still in the box, for the answer it was written for."
+            return thumbs, target, gr.update(), gr.update(), gr.update(open=True), status
+        state, label = self._target(session_id, turn, stored)
+        state["prefill"] = prefill
+        status += " Correct it below if you know the right answer."
+        return thumbs, state, label, prefill if not unsaved else gr.update(), gr.update(open=True), status
+
+    def save_correction(self, text: str, chat: list, session_id: str | None, target: dict | None, request: gr.Request):
+        """The team's corrected reply for the picked answer (a thumb down) or the last one. Outputs: the chatbot's
+        thumbs, the correction target, its label, the status line. The box keeps its text whatever happens."""
+        keep = (gr.update(), target, gr.update())
+        if not session_id:
+            return (*keep, "⚠ There is no answer to correct yet: send a message first.")
+        if not (text or "").strip():
+            return (*keep, "⚠ Type the corrected answer in the box first.")
+        if len(text) > MAX_CORRECTION_CHARS:
+            return (*keep, f"⚠ The correction is {len(text):,} characters long; the limit is {MAX_CORRECTION_CHARS:,}.")
+        owner = self.owner_of(request)
+        try:
+            stored = self.memory.messages(session_id, owner)
+            turns = answer_turns(chat, stored)
+            picked = target.get("turn") if target and target.get("session") == session_id else None
+            turn = picked if picked in turns.values() else max(turns.values(), default=None)
+            if turn is None:
+                return (*keep, "⚠ There is no saved answer to correct yet: wait for the answer to finish.")
+            earlier = self.feedback.of_session(session_id, owner).get(turn)
+            self.feedback.rate(session_id, turn, owner, earlier.rating if earlier else "down", text)
+            ratings = self.feedback.of_session(session_id, owner)
+        except SessionNotFound:
+            return (*keep, "⚠ That conversation no longer exists: nothing was saved.")
+        except TurnNotFound:
+            return (*keep, "⚠ That answer is no longer saved: nothing was saved.")
+        except UNAVAILABLE_ERRORS:
+            return (*keep, DB_DOWN.format(kept="Your correction is still in the box. "))
+        except ValueError as exc:
+            return (*keep, f"⚠ {exc}.")
+        state, label = self._target(session_id, turn, stored)
+        state["prefill"] = text
+        thumbs = gr.update(feedback_value=self._thumbs(chat, stored, session_id, owner, ratings))
+        return thumbs, state, label, f"{SAVED} (correction of answer {turn})"
+
+    def reset_feedback(self):
+        """Another conversation: the correction is for its last answer until a thumb down picks one."""
+        return None, NO_TARGET_LABEL, ""
+
     def upload_target(self, collection: str | None) -> str:
         """Uploads go where the chat reads: the picked collection, or the default one while it reads them all."""
         return self.settings.default_collection if collection in (None, "", ALL_COLLECTIONS) else collection
@@ -290,6 +461,11 @@ class ChatHandlers:
         return gr.update(choices=choices, value=value if value in choices else ALL_COLLECTIONS)
 
 
+def _empty_chat() -> Any:
+    """An empty chat, and no thumbs left over from the conversation shown before."""
+    return gr.update(value=[], feedback_value=[])
+
+
 @dataclass
 class Page:
     """The chat page's components, as `_layout` places them."""
@@ -311,6 +487,12 @@ class Page:
     box: Any
     send: Any
     notice: Any
+    feedback_status: Any
+    feedback_target: Any
+    correct_box: Any
+    correction_label: Any
+    correction: Any
+    save_correction: Any
 
 
 def _layout(settings: Any) -> Page:
@@ -349,7 +531,7 @@ def _layout(settings: Any) -> Page:
                 label="Chat",
                 height=560,
                 elem_id="rt-chat",
-                feedback_options=None,
+                feedback_options=tuple(THUMBS.values()),
                 placeholder="Ask about your documents, or ask for a rewrite.",
             )
             with gr.Row():
@@ -357,6 +539,17 @@ def _layout(settings: Any) -> Page:
                 box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="rt-input")
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="rt-send")
             notice = gr.Markdown(elem_id="rt-notice")
+            feedback_status = gr.Markdown(elem_id="rt-feedback-status")
+            feedback_target = gr.State(None)
+            with gr.Accordion("Correct an answer", open=False, elem_id="rt-correct") as correct_box:
+                correction_label = gr.Markdown(NO_TARGET_LABEL, elem_id="rt-correction-target")
+                correction = gr.Textbox(
+                    label="The right answer",
+                    lines=4,
+                    placeholder="Write the answer the bot should have given; it is kept for training.",
+                    elem_id="rt-correction",
+                )
+                save_correction = gr.Button("Save correction", size="sm", elem_id="rt-save-correction")
     return Page(
         session_state,
         sessions,
@@ -375,6 +568,12 @@ def _layout(settings: Any) -> Page:
         box,
         send,
         notice,
+        feedback_status,
+        feedback_target,
+        correct_box,
+        correction_label,
+        correction,
+        save_correction,
     )
 
 
@@ -408,6 +607,28 @@ def build_ui(services: Services) -> gr.Blocks:
         page.cancel_delete.click(lambda: gr.update(visible=False), None, [page.confirm_row])
         page.sessions.input(handlers.resume, [page.sessions], [page.session_state, page.chatbot])
         page.collection.change(handlers.upload_target, [page.collection], [page.target])
+        page.chatbot.like(
+            handlers.rate,
+            [page.chatbot, page.session_state, page.feedback_target, page.correction],
+            [
+                page.chatbot,
+                page.feedback_target,
+                page.correction_label,
+                page.correction,
+                page.correct_box,
+                page.feedback_status,
+            ],
+            show_progress="hidden",
+        )
+        page.save_correction.click(
+            handlers.save_correction,
+            [page.correction, page.chatbot, page.session_state, page.feedback_target],
+            [page.chatbot, page.feedback_target, page.correction_label, page.feedback_status],
+            show_progress="hidden",
+        )
+        page.session_state.change(
+            handlers.reset_feedback, None, [page.feedback_target, page.correction_label, page.feedback_status]
+        )
         page.upload_button.click(handlers.upload, [page.files, page.target], [page.upload_status]).then(
             handlers.refresh_collections, [page.target, page.collection], [page.collection]
         )

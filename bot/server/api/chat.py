@@ -182,15 +182,19 @@ def turn_payload(event: TurnDone | TurnStart) -> dict[str, Any]:
     return data
 
 
-def _model(name: str, options: TurnOptions, created: int) -> dict[str, Any]:
+def _model(name: str, options: TurnOptions, created: int, serving: dict[str, Any] | None = None) -> dict[str, Any]:
     kind = "adapter" if options.adapter else "route" if options.route else "auto"
-    return {"id": name, "object": "model", "created": created, "owned_by": "ragtune", "ragtune": kind}
+    entry = {"id": name, "object": "model", "created": created, "owned_by": "ragtune", "ragtune": kind}
+    now = (serving or {}).get(options.route) if kind == "route" else None
+    if now is not None:  # which adapter answers this route now (None: the base model), and why
+        entry["adapter"], entry["adapter_source"] = now.adapter, now.source
+    return entry
 
 
 @router.get("/v1/models")
 def list_models(services: ServicesDep, _: OwnerDep) -> dict:
-    created = int(time.time())
-    return {"object": "list", "data": [_model(n, o, created) for n, o in model_catalogue(services).items()]}
+    created, serving = int(time.time()), services.conversation.route_adapters()
+    return {"object": "list", "data": [_model(n, o, created, serving) for n, o in model_catalogue(services).items()]}
 
 
 @router.get("/v1/models/{model_id}")
@@ -198,7 +202,7 @@ def get_model(model_id: str, services: ServicesDep, _: OwnerDep) -> dict:
     options = model_catalogue(services).get(model_id)
     if options is None:
         raise ApiError(404, f"model {model_id[:100]!r}: unknown (GET /v1/models lists them)", "model_not_found")
-    return _model(model_id, options, int(time.time()))
+    return _model(model_id, options, int(time.time()), services.conversation.route_adapters())
 
 
 def _check_messages(body: ChatRequest, max_chars: int) -> ChatMessage:

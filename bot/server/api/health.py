@@ -25,6 +25,11 @@ def healthz(services: ServicesDep) -> JSONResponse:
         "database": database,
         "generator": settings.openai_base_url or settings.generator_model,
         "adapters": services.conversation.adapters(),
+        # route → the adapter serving it now (null: the base model), "promoted" or "configured"
+        "routes": {
+            route: {"adapter": now.adapter, "source": now.source}
+            for route, now in services.conversation.route_adapters().items()
+        },
     }
     return JSONResponse(body, status_code=200 if database == "ok" else 503)
 
