@@ -98,6 +98,8 @@ def test_feedback_train_compare_promote_rollback(services, env, db) -> None:
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
     assert "6 examples from feedback (0 approved, 6 corrected" in trained.output and f"adapter {NAME}" in trained.output
+    gguf = Path(trained.output.split("GGUF LoRA for llama.cpp: ")[1].split()[0])  # written by train, beside the adapter
+    assert gguf.is_file() and gguf.parent.name == NAME
     _wait_for(lambda: NAME in services.conversation.adapters(), 60, "the running server to hot-load the adapter")
 
     compared = runner.invoke(

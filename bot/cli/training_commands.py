@@ -179,6 +179,23 @@ def _train(config_settings, prepared, name, registry, options) -> None:  # noqa:
         f"{metrics['steps']} steps in {metrics['train_seconds']:.0f}s ({metrics['tokens_per_second']:.0f} tok/s), "
         f"{metrics['trainable_fraction']:.2%} of parameters, {metrics['adapter_bytes'] / 1e6:.1f} MB\n{record.path}"
     )
+    _write_gguf_lora(config_settings, record.path)
+
+
+def _write_gguf_lora(config_settings, adapter_dir) -> None:  # noqa: ANN001 - CLI glue
+    """The GGUF LoRA beside the peft files, for the llama.cpp backend: a running server then loads it in well
+    under a second (bot/llm/adapter_watch.py) instead of converting it first."""
+    if config_settings.openai_base_url or config_settings.generator_backend != "llamacpp":
+        return
+    from bot.llm.llamacpp import LlamaCppUnavailable, served_model
+    from training.gguf_lora import gguf_adapter
+
+    try:
+        gguf = gguf_adapter(adapter_dir, served_model(config_settings))
+    except (LlamaCppUnavailable, ValueError, OSError) as exc:  # the adapter itself is saved: conversion can wait
+        click.echo(f"note: no GGUF LoRA written ({exc}); the llama.cpp backend converts it when it loads it")
+        return
+    click.echo(f"GGUF LoRA for llama.cpp: {gguf}")
 
 
 # Options that choose or check the data, not the run: the resume command names the data file itself.
