@@ -203,3 +203,25 @@ def test_a_database_outage_says_so_and_keeps_the_text(handlers):
     assert _stored(handlers, sid, request) == {}
     # the page still opens the conversation's thumbs as none when only the ratings cannot be read
     assert down._thumbs(chat, [], sid, "x") == [None, None]
+
+
+def test_the_adapter_picker_says_which_adapter_serves_each_writing_route(settings, db):
+    """After `ragtune adapters promote`, the page says so under the Adapter picker (knowledge routes are not listed)."""
+    from bot.promotion import Serving
+
+    class Promoted:
+        def resolve(self, route, configured, loaded):
+            return Serving("concise", "promoted") if route == "skill" else Serving(configured, "configured")
+
+    router = FakeRouter()
+    router.routes = [
+        SimpleNamespace(name="knowledge", action="knowledge", adapter=None),
+        SimpleNamespace(name="skill", action="skill", adapter=None),
+        SimpleNamespace(name="draft", action="skill", adapter=None),
+    ]
+    memory = MemoryStore(db.pool)
+    conversation = Conversation(memory, FakeGenerator(), router, FakeStore(), promotions=Promoted())
+    page = ChatHandlers(SimpleNamespace(settings=settings, db=db, memory=memory, conversation=conversation))
+    assert page.serving_text() == "Serving now · skill: concise (promoted), draft: base model"
+    adapter_update = page.on_load(_request())[1]
+    assert adapter_update["info"] == page.serving_text() and "concise" in adapter_update["choices"]

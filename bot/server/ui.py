@@ -224,9 +224,23 @@ class ChatHandlers:
         owner = self.owner_of(request)
         return (
             gr.update(choices=self.session_choices(owner), value=None),
-            gr.update(choices=[AUTO, *self.conversation.adapters()], value=AUTO),
+            gr.update(choices=[AUTO, *self.conversation.adapters()], value=AUTO, info=self.serving_text()),
             gr.update(choices=self.collection_choices(owner), value=ALL_COLLECTIONS),
         )
+
+    def serving_text(self) -> str:
+        """Which adapter answers each writing route now ("skill: support-tone (promoted)"), as `/healthz` says."""
+        try:
+            serving = self.conversation.route_adapters()
+            actions = {spec.name: getattr(spec, "action", "") for spec in self.conversation.routes()}
+        except Exception:  # the database behind promotions is down: the picker still works
+            return ""
+        parts = [
+            f"{route}: {now.adapter or 'base model'}" + (" (promoted)" if now.source == "promoted" else "")
+            for route, now in serving.items()
+            if actions.get(route) == "skill"
+        ]
+        return "Serving now · " + ", ".join(parts) if parts else ""
 
     def new_session(self, request: gr.Request):
         return None, _empty_chat(), gr.update(choices=self.session_choices(self.owner_of(request)), value=None)
