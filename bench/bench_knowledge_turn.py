@@ -17,17 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bench_concurrency import QUESTIONS  # the same questions about the project's docs
 from knowledge.evaluation import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-QUESTIONS = [
-    "How do I train an adapter?",
-    "How do I add documents to a collection?",
-    "What file types are supported?",
-    "How do I set an API key?",
-    "How does the router decide?",
-]
 
 
 def measure(home: Path, backend: str, mode: str, repeats: int) -> dict:

@@ -380,15 +380,8 @@ class KnowledgeStore:
                 for chunk in chunks:
                     inputs.append(chunk.embedding_input(doc.title))
                     hashes.append(chunk.content_hash(doc.title))
-        vectors = np.zeros((len(inputs), self.embedder.dim), dtype=np.float32)
-        cached = self._cached_vectors(hashes)
-        todo = [i for i, h in enumerate(hashes) if h not in cached]
-        for i, h in enumerate(hashes):
-            if h in cached:
-                vectors[i] = cached[h]
-        if todo:
-            vectors[todo] = self.embedder.embed_documents([inputs[i] for i in todo], show_progress=progress)
-        report.embedded += len(todo)
+        vectors, embedded = self._vectors(inputs, hashes, progress=progress)
+        report.embedded += embedded
         position = 0
         for prepared in wave:
             n = prepared.n_chunks
@@ -405,6 +398,19 @@ class KnowledgeStore:
             getattr(report, status).append(prepared.path)
             report.documents += docs_written
             report.chunks += chunks_written
+
+    def _vectors(self, inputs: list[str], hashes: list[bytes], *, progress: bool = False) -> tuple[np.ndarray, int]:
+        """A vector per input: from the embedding cache where this model embedded the same content before, else
+        embedded now; and how many were embedded."""
+        vectors = np.zeros((len(inputs), self.embedder.dim), dtype=np.float32)
+        cached = self._cached_vectors(hashes)
+        todo = [i for i, h in enumerate(hashes) if h not in cached]
+        for i, h in enumerate(hashes):
+            if h in cached:
+                vectors[i] = cached[h]
+        if todo:
+            vectors[todo] = self.embedder.embed_documents([inputs[i] for i in todo], show_progress=progress)
+        return vectors, len(todo)
 
     def _cached_vectors(self, hashes: list[bytes]) -> dict[bytes, np.ndarray]:
         """Stored vectors for chunk inputs this model has embedded before (any collection using the same model)."""
@@ -575,14 +581,7 @@ class KnowledgeStore:
         keys = list(latest)
         texts = [latest[key].text for key in keys]
         hashes = [hashlib.sha256(text.encode("utf-8")).digest() for text in texts]  # Chunk.content_hash, no title
-        vectors = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
-        cached = self._cached_vectors(hashes)
-        todo = [i for i, h in enumerate(hashes) if h not in cached]
-        for i, h in enumerate(hashes):
-            if h in cached:
-                vectors[i] = cached[h]
-        if todo:
-            vectors[todo] = self.embedder.embed_documents([texts[i] for i in todo])
+        vectors, _ = self._vectors(texts, hashes)
         if any(without_nul(latest[key].metadata) != latest[key].metadata for key in keys):
             raise ValueError("metadata: NUL characters cannot be stored")
         metadata = [json.dumps(latest[key].metadata, default=str, sort_keys=True) for key in keys]
