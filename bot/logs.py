@@ -88,9 +88,9 @@ def setup_logging(verbose: bool = False) -> None:
     warnings.simplefilter("ignore")
 
 
-def quiet_for_terminal_chat() -> None:
-    """`ragtune chat` shows each turn itself: no turn line and no per-turn INFO notes between the answer's words
-    (warnings still show; -v keeps everything)."""
+def quiet_per_turn_logs() -> None:
+    """For commands that show each turn themselves (`ragtune chat`) or run hundreds of them under a progress bar
+    (`ragtune eval`): no turn line and no per-turn INFO notes (warnings still show; -v keeps everything)."""
     handler = _handler()
     for terse in handler.filters if handler is not None else ():
         if isinstance(terse, TerseFilter):

@@ -17,6 +17,11 @@ MODES = ("dense", "keyword", "hybrid")
 @click.group("eval")
 def eval_group() -> None:
     """Evaluate retrieval, routing and answers on your data."""
+    from bot.cli.common import is_verbose
+    from bot.logs import quiet_per_turn_logs
+
+    if not is_verbose():
+        quiet_per_turn_logs()  # hundreds of turns under one progress bar: their lines would bury it
 
 
 @eval_group.command("retrieval")

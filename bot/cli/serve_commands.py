@@ -96,12 +96,12 @@ def chat_command(session_id: str | None, list_sessions: bool, adapter: str | Non
     """Chat in the terminal on the same pipeline and memory as the web UI (/new, /quit)."""
     from bot.conversation import TurnOptions
     from bot.conversation.messages import MessageError, clean_message
-    from bot.logs import quiet_for_terminal_chat
+    from bot.logs import quiet_per_turn_logs
     from bot.memory import SessionNotFound
     from bot.server.auth import LOCAL_OWNER
 
     if not is_verbose():
-        quiet_for_terminal_chat()  # the turn is on screen already
+        quiet_per_turn_logs()  # the turn is on screen already
     services = _services()
     memory, owner = services.memory, LOCAL_OWNER
     try:
