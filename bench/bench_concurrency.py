@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx  # noqa: E402
 
-from bench.load import free_port, stop_app  # noqa: E402
+from bench.load import free_port, scratch_home, stop_app  # noqa: E402
 from bench.load import start_app as start_loaded_app  # noqa: E402
 from knowledge.evaluation import percentile  # noqa: E402
 
@@ -198,10 +197,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="ragtune-bench-", dir="/tmp"))
-    cached = REPO / ".ragtune" / "models"
-    if cached.is_dir():  # reuse the prepared models instead of converting the GGUF again
-        (home / "models").symlink_to(cached)
+    home = scratch_home("ragtune-bench-")
     reports = {}
     try:
         for backend in args.backends.split(","):

@@ -13,11 +13,11 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from bench.bench_concurrency import QUESTIONS  # the same questions about the project's docs
+from bench.load import scratch_home
 from knowledge.evaluation import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,10 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    home = Path(tempfile.mkdtemp(prefix="ragtune-bench-", dir="/tmp"))
-    cached = ROOT / ".ragtune" / "models"
-    if cached.is_dir():
-        (home / "models").symlink_to(cached.resolve())
+    home = scratch_home("ragtune-bench-")
     results = {}
     try:
         for backend in ("llamacpp", "transformers"):

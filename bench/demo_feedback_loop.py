@@ -21,7 +21,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,14 +60,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from fastapi.testclient import TestClient
 
+    from bench.load import scratch_home
     from bot.config import load_settings
     from bot.conversation.services import build_services
     from bot.server.app import create_app
 
-    home = Path(tempfile.mkdtemp(prefix="ragtune-demo-", dir="/tmp"))
-    cached = ROOT / ".ragtune" / "models"
-    if cached.is_dir():
-        (home / "models").symlink_to(cached.resolve())
+    home = scratch_home("ragtune-demo-")
     timings: dict[str, float] = {}
     settings = load_settings(home=home, api_keys=[KEY])
     started = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,16 @@ def client_key(index: int) -> str:
 
 def all_keys(clients: int) -> list[str]:
     return sorted({client_key(i) for i in range(clients)} | {SHARED_KEY, "load-key-outsider"})
+
+
+def scratch_home(prefix: str) -> Path:
+    """A fresh state dir under /tmp that reuses this checkout's prepared models (./.ragtune/models), so a bench does
+    not convert the GGUF or export the embedder again; its database is its own."""
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    cached = Path(__file__).resolve().parent.parent / ".ragtune" / "models"
+    if cached.is_dir():
+        (home / "models").symlink_to(cached.resolve())
+    return home
 
 
 def free_port() -> int:
