@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from knowledge.cpu_share import generation_running
+from knowledge.cpu_share import default_threads, generation_running
 from knowledge.onnx_export import MODEL_FILES, OnnxVariant, ensure_onnx_export
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 32
-
-
-def default_threads() -> int:
-    """OMP_NUM_THREADS when set (benchmarks and deployments pin it), else every core."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else max(1, os.cpu_count() or 1)
 
 
 class OnnxEncoder:

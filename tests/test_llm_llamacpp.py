@@ -273,6 +273,37 @@ def test_load_adapter_restarts_with_the_new_list(model_path, adapter_dirs) -> No
         plain.close()
 
 
+def test_reloading_adapters_while_prompts_are_rendered_never_hangs(model_path, adapter_dirs) -> None:
+    """The adapter watcher swaps servers while chat requests render prompts on the old one: the old server must
+    outlive those calls (destroying it under one deadlocked a running app)."""
+    plain = LlamaCppGenerator(model_path, max_new_tokens=NEW, threads=1, parallel=2, cache_prompt=False)
+    stop, rendered, errors = threading.Event(), [], []
+
+    def render_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                rendered.append(len(plain.render(QUESTION)))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    renderers = [threading.Thread(target=render_until_stopped, daemon=True) for _ in range(2)]
+    try:
+        for thread in renderers:
+            thread.start()
+        for _ in range(4):
+            plain.load_adapter("gamma", adapter_dirs["gamma"], replace=True)
+        stop.set()
+        for thread in renderers:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in renderers), "a render hung across an adapter reload"
+        assert not errors, errors
+        assert rendered and len(set(rendered)) == 1
+        assert plain.generate(QUESTION, adapter="gamma").text
+    finally:
+        stop.set()
+        plain.close()
+
+
 def test_context_guard_drops_oldest_turns(generator: LlamaCppGenerator) -> None:
     system = {"role": "system", "content": "You are terse."}
     history = []

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from bot.llm.adapters import check_adapter_name, find_adapter_dirs, read_adapter_config
 from bot.llm.context import fit_messages
-from bot.llm.local import default_threads, resolve_dtype
+from bot.llm.local import resolve_dtype
 from bot.llm.streaming import StopFilter, iterate_in_thread
 from bot.llm.types import ContextOverflow
+from knowledge.cpu_share import default_threads
 
 
 def _run(pieces: list[str], stops: list[str]) -> str:

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from bot.cli import cli as cli_main
 from bot.llm.loading import load_base_model
+from knowledge.cpu_share import default_threads
 from training.datasets import Example, read_dataset, split_examples
 from training.encoding import IGNORE_INDEX, encode_example, encode_examples
 from training.registry import AdapterNotFound, AdapterRecord, AdapterRegistry
@@ -106,7 +107,7 @@ def test_overlong_examples_are_reported_by_line(tokenizer) -> None:
         encode_examples(tokenizer, examples, max_length=128, on_error="fail")
 
 
-def test_tiny_run_lowers_loss_and_saves_a_loadable_adapter(tmp_path: Path, tokenizer, db) -> None:
+def test_tiny_run_lowers_loss_and_saves_a_loadable_adapter(tmp_path: Path, tokenizer, db, monkeypatch) -> None:
     import torch
     from peft import PeftModel
 
@@ -116,7 +117,14 @@ def test_tiny_run_lowers_loss_and_saves_a_loadable_adapter(tmp_path: Path, token
     before = evaluate_loss(base.model, encoded, pad, 3, torch.autocast("cpu", enabled=False))
     config = TrainConfig(max_steps=4, **TINY)
     out = tmp_path / "adapter"
+    # launched from the app, training inherits MKL_NUM_THREADS=1 (set for the embedder): it must still use every core
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
     model, result = train_lora(base.model, base.tokenizer, encoded, encoded[:2], config, output_dir=out, progress=False)
+    assert torch.get_num_threads() == default_threads()
+    torch.set_num_threads(previous)
     after = evaluate_loss(model, encoded, pad, 3, torch.autocast("cpu", enabled=False))
     assert after < before * 0.9, (before, after)
     assert result.eval_loss_after < result.eval_loss_before

@@ -45,9 +45,10 @@ from typing import Any
 
 from bot.llm.adapters import check_adapter_name, find_adapter_dirs, read_adapter_config
 from bot.llm.context import FitsByRendering, Sampling, check_adapter, check_messages, fit_messages, resolve_sampling
-from bot.llm.local import _read_template, default_threads
+from bot.llm.local import _read_template
 from bot.llm.streaming import FromStream, while_generating
 from bot.llm.types import Message, StreamStats, TokenStream
+from knowledge.cpu_share import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,8 @@ class LlamaCppGenerator(FitsByRendering, FromStream):
 
         ValueError for a bad name, a directory that is not a LoRA adapter, one built on another base model,
         or a name already taken (unless `replace`). Restarts the server with the new list (the base model
-        is re-read from the page cache: under a second here); running requests finish on the old server.
+        is re-read from the page cache: under a second here); running requests finish on the old server, which
+        is destroyed when the last of them lets go of it.
         """
         source, gguf = self._convert(name, path, self.model_path)
         started = time.perf_counter()
@@ -277,16 +279,19 @@ class LlamaCppGenerator(FitsByRendering, FromStream):
         log.info("adapter %s loaded from %s in %.2fs", name, source, time.perf_counter() - started)
 
     # --- prompts and the context guard -----------------------------------------------------------
+    # Each call holds its `_Runtime` (not only its HTTP client) until it returns: `load_adapter` swaps in a new
+    # server, and the old one is destroyed when its last holder lets go. Destroying it while a call was still
+    # talking to it deadlocked (llama.cpp's destructor waited for the connection, the call for the server).
     def render(self, messages: list[Message]) -> list[int]:
         """Token ids of the chat-templated prompt exactly as the server builds it for a request."""
-        http = self._runtime.http
-        prompt = _checked(http.post("/apply-template", json={"messages": messages}))["prompt"]
-        return _checked(http.post("/tokenize", json={"content": prompt, "add_special": True, "parse_special": True}))[
-            "tokens"
-        ]
+        runtime = self._runtime
+        prompt = _checked(runtime.http.post("/apply-template", json={"messages": messages}))["prompt"]
+        tokenized = runtime.http.post("/tokenize", json={"content": prompt, "add_special": True, "parse_special": True})
+        return _checked(tokenized)["tokens"]
 
     def count_tokens(self, text: str) -> int:
-        return len(_checked(self._runtime.http.post("/tokenize", json={"content": text}))["tokens"])
+        runtime = self._runtime
+        return len(_checked(runtime.http.post("/tokenize", json={"content": text}))["tokens"])
 
     # --- generation ------------------------------------------------------------------------------
     def stream(

@@ -18,7 +18,6 @@ model: no request can see another's adapter. On two CPU cores, serialising costs
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from bot.llm.context import FitsByRendering, Sampling, check_adapter, check_mess
 from bot.llm.loading import LoadedModel, load_base_model
 from bot.llm.streaming import FromStream, IncrementalDecoder, StopFilter, while_generating
 from bot.llm.types import Message, StreamStats, TokenStream
+from knowledge.cpu_share import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,6 @@ def resolve_dtype(preference: str, device: str) -> str:
         getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     )
     return "bfloat16" if native_bf16 else "float32"
-
-
-def default_threads(configured: int | None = None) -> int:
-    """Intra-op threads for generation: the setting, else OMP_NUM_THREADS, else every core.
-
-    Not torch's own default: torch takes its thread count from MKL_NUM_THREADS when OMP_NUM_THREADS is
-    unset, and the serving process sets MKL_NUM_THREADS=1 for the embedder (BLAS threads fighting torch's),
-    which silently halved generation speed on two cores (measured: torch.get_num_threads() == 1).
-    """
-    if configured:
-        return configured
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _read_template(value: str) -> str:
