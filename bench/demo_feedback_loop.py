@@ -4,12 +4,14 @@
 2. The team asks N customer messages from support-replies on the skill route and corrects each answer with
    the reply the team actually sent (`POST /v1/feedback`, rating down, correction).
 3. `ragtune train --from-feedback --route skill --name NAME` with the default training settings.
-4. `ragtune adapters compare NAME base`: both answer the held-out messages; similarity to the team's reply,
-   trained-form rate ({{slot}} placeholders the team's replies use), length, paired bootstrap CIs.
+4. The team goes on: FRESH more messages are answered and corrected after training. `ragtune adapters compare
+   NAME base --since <then>`: both answer the held-out split and the fresh corrections; similarity to the team's
+   reply, trained-form rate ({{slot}} placeholders and the openings the team's replies use), length, paired
+   bootstrap CIs.
 5. `ragtune adapters promote NAME --route skill`; the running app's next skill answer is served by it, no restart.
 
 Prints each step's time and the compare report; writes bench/results/feedback_loop.json.
-Run: `.venv/bin/python -m bench.demo_feedback_loop [--n 160] [--name support-tone]`.
+Run: `.venv/bin/python -m bench.demo_feedback_loop [--n 160] [--fresh 32] [--name support-tone]`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import random
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -51,9 +55,28 @@ def ragtune(home: Path, *args: str) -> tuple[str, float]:
     return done.stdout, time.perf_counter() - started
 
 
+def correct(client: Any, headers: dict[str, str], rows: list[tuple[str, str]], max_tokens: int) -> None:
+    """Each message answered on the skill route, then rated down with the team's reply as the correction."""
+    for message, reply in rows:
+        answer = client.post(
+            "/v1/chat/completions",
+            headers=headers,
+            json={"model": "skill", "max_tokens": max_tokens, "messages": [{"role": "user", "content": message}]},
+        )
+        answer.raise_for_status()
+        session = answer.json()["ragtune"]["session_id"]
+        rated = client.post(
+            "/v1/feedback",
+            headers=headers,
+            json={"session_id": session, "turn": 1, "rating": "down", "correction": reply},
+        )
+        rated.raise_for_status()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=160, help="customer messages the team corrects")
+    parser.add_argument("--fresh", type=int, default=32, help="messages corrected after training (scored too)")
     parser.add_argument("--name", default="support-tone")
     parser.add_argument("--max-tokens", type=int, default=48, help="length of the app's answers before correction")
     args = parser.parse_args()
@@ -74,32 +97,22 @@ def main() -> None:
     try:
         client = TestClient(create_app(services))
         headers = {"Authorization": f"Bearer {KEY}"}
-        rows = support_rows(args.n)
+        rows = support_rows(args.n + args.fresh)
+        trained_rows, fresh_rows = rows[: args.n], rows[args.n :]
         started = time.perf_counter()
-        for message, reply in rows:
-            answer = client.post(
-                "/v1/chat/completions",
-                headers=headers,
-                json={
-                    "model": "skill",
-                    "max_tokens": args.max_tokens,
-                    "messages": [{"role": "user", "content": message}],
-                },
-            )
-            answer.raise_for_status()
-            session = answer.json()["ragtune"]["session_id"]
-            rated = client.post(
-                "/v1/feedback",
-                headers=headers,
-                json={"session_id": session, "turn": 1, "rating": "down", "correction": reply},
-            )
-            rated.raise_for_status()
+        correct(client, headers, trained_rows, args.max_tokens)
         timings[f"{args.n} answers corrected through the API s"] = time.perf_counter() - started
 
         trained, timings["ragtune train --from-feedback s"] = ragtune(
             home, "train", "--from-feedback", "--route", "skill", "--name", args.name
         )
-        compared, timings["ragtune adapters compare s"] = ragtune(home, "adapters", "compare", args.name, "base")
+        then = datetime.now(UTC).isoformat(timespec="seconds")
+        started = time.perf_counter()
+        correct(client, headers, fresh_rows, args.max_tokens)
+        timings[f"{args.fresh} more corrected after training s"] = time.perf_counter() - started
+        compared, timings["ragtune adapters compare s"] = ragtune(
+            home, "adapters", "compare", args.name, "base", "--since", then
+        )
         promoted, timings["ragtune adapters promote s"] = ragtune(
             home, "adapters", "promote", args.name, "--route", "skill"
         )
@@ -124,6 +137,7 @@ def main() -> None:
         pg.stop(home / "pgdata")
     report = {
         "n": args.n,
+        "fresh": args.fresh,
         "timings": timings,
         "train_output": trained,
         "compare_output": compared,
