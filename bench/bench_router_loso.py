@@ -5,14 +5,15 @@
 
 The shared data (train.jsonl + dev.jsonl) tags each message with `source` = "<data set>:<intent>"; a fold holds
 out one data set (banking77, clinc150, hwu64): the classifier is trained on the others' messages and scored on
-every message of the held-out one, so it meets a domain it never saw, as a user's router does.
-`--gate-grid` scores each (low, high) closeness gate of router/classifier.py on the LOSO folds and on an in-domain
-80/20 split of train.jsonl (never dev.jsonl); the shipped gate is the best in-domain split among those whose LOSO
-mean meets the 0.92 target. Dev is printed beside it as the test figure, not used to choose. The untrained
+every message of the held-out one, so it meets a domain it never saw, as a user's router does. The untrained
 router (the shipped route examples only) is scored on the same folds. In-domain is train.jsonl -> dev.jsonl.
 bench/router_ood.jsonl is the project's out-of-domain check: it is reported, never used to choose anything.
 Accuracy is in action space (knowledge/skill): a `draft` route counts as skill. p95 latency is per message,
 embedding included (`Router.decide` on the raw text, one thread), over the dev and ood messages.
+
+`--gate-grid` scores each (low, high) closeness gate of router/classifier.py on the LOSO folds and on an in-domain
+80/20 split of train.jsonl (never dev.jsonl); the shipped gate is the best in-domain split among those whose LOSO
+mean meets the 0.92 target. Dev is printed beside it as the test figure, not used to choose.
 """
 
 from __future__ import annotations
